@@ -4,6 +4,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE /* realpath */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -215,6 +216,26 @@ static int l_write_atomic(lua_State *L)
     return 1;
 }
 
+/* sys.listdir(path) -> array of entry names (without "." and "..") | nil, err */
+static int l_listdir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    DIR *d = opendir(path);
+    struct dirent *e;
+    int n = 0;
+    if (d == NULL)
+        return fail_errno(L, "listdir", path);
+    lua_newtable(L);
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        lua_pushstring(L, e->d_name);
+        lua_rawseti(L, -2, ++n);
+    }
+    closedir(d);
+    return 1;
+}
+
 /* sys.isatty(fd) -> boolean */
 static int l_isatty(lua_State *L)
 {
@@ -257,6 +278,7 @@ int luaopen_lproc_sys(lua_State *L)
         {"stat", l_stat},
         {"realpath", l_realpath},
         {"write_atomic", l_write_atomic},
+        {"listdir", l_listdir},
         {"isatty", l_isatty},
         {"getpid", l_getpid},
         {"rss", l_rss},
