@@ -391,12 +391,22 @@ local function follow()
             take_confirms(0)
             local s2 = sys.stat(path)
             if s2 and (s2.dev ~= cur.dev or s2.ino ~= cur.ino) then
-                -- Renamed away: finish the old file (a last line without LF counts), then switch.
-                while true do
-                    local l2, o2, t2 = r:read(true)
-                    if not l2 then break end
-                    send_line(source, l2, cur.base + o2, t2, cur.base + r:tell())
+                -- Renamed away: finish the old file, until it has been quiet for a second (the
+                -- server may still write to it until it reopens its log), then switch.
+                local quiet_since = sys.now()
+                while sys.now() - quiet_since < 1 and #signals == 0 do
+                    local l2, o2, t2 = r:read()
+                    if l2 then
+                        send_line(source, l2, cur.base + o2, t2, cur.base + r:tell())
+                        quiet_since = sys.now()
+                    else
+                        flush_batch()
+                        take_confirms(0)
+                        util.sleep_unless_signal(0.05, signals)
+                    end
                 end
+                local l3, o3, t3 = r:read(true)  -- a last line without LF counts
+                if l3 then send_line(source, l3, cur.base + o3, t3, cur.base + r:tell()) end
                 flush_batch()
                 local nr = reader.open(path, { max_line = MAX_LINE })
                 if nr then
