@@ -84,6 +84,10 @@ sanitize:
 valgrind: all
 	LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite' tests/run.sh
 
+build/ceiling: bench/ceiling.c | check-deps
+	@mkdir -p build
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LDLIBS)
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh start
