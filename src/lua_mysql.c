@@ -1048,9 +1048,15 @@ static int l_batch(lua_State *L)
         return luaL_error(L, "%s: columns must be a non-empty array of names", fname);
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
-        lua_getfield(L, 3, "on_duplicate");
-        if (!lua_isnil(L, -1))
-            dup = luaL_checkoption(L, -1, NULL, dup_modes);
+        if (lua_getfield(L, 3, "on_duplicate") != LUA_TNIL) {
+            const char *m = lua_tostring(L, -1);
+            for (dup = 1; m != NULL && dup_modes[dup] != NULL; dup++)
+                if (lua_type(L, -1) == LUA_TSTRING && strcmp(m, dup_modes[dup]) == 0)
+                    break;
+            if (m == NULL || dup_modes[dup] == NULL)
+                return luaL_error(L, "%s: on_duplicate must be \"ignore\", \"update\" or nil",
+                                  fname);
+        }
         lua_getfield(L, 3, "max_bytes");
         if (!lua_isnil(L, -1)) {
             int isint;
