@@ -1,21 +1,54 @@
 /*
- * lua_mysql.c - lproc.mysql: MariaDB/MySQL client (MariaDB Connector/C) with the fast
+ * lua_mysql.c - lproc.mysql: a MariaDB/MySQL client (MariaDB Connector/C) with the fast
  * multi-row INSERT the consumers need.
  *
- *   mysql.parse_url(url) -> {user, host, port, database, params}
+ *   mysql.parse_url(url) -> {user, host, port, database, params}      (never the password)
  *   mysql.connect(url [, opts]) -> conn | nil, err, code
  *   mysql.batch(table, columns [, opts]) -> batch
  *   mysql.is_connection_error(code) -> boolean
- *   conn:execute(sql, ...) conn:query(sql, ...) conn:query_one(sql, ...) conn:insert(batch)
- *   conn:begin() conn:commit() conn:rollback() conn:ping() conn:escape(s)
- *   conn:server_version() conn:close()
+ *   conn:execute(sql, ...) -> affected_rows, last_insert_id | nil, err, code
+ *   conn:query(sql, ...) -> rows, columns | nil, err, code
+ *   conn:query_one(sql, ...) -> row | nil | nil, err, code
+ *   conn:insert(batch) -> affected_rows | nil, err, code
+ *   conn:begin() conn:commit() conn:rollback() conn:ping() -> true | nil, err, code
+ *   conn:escape(s) conn:server_version() conn:close()
  *   batch:add(v1, ..., vN) batch:count() batch:bytes() batch:clear() batch:close()
  *
- * Values are sent as SQL literals, never as format strings: a string becomes '...' with
- * backslash escaping (\0 \n \r \Z \\ \' \"), which is exact for every byte in a utf8mb4
- * session. Backslash escaping needs a session without NO_BACKSLASH_ESCAPES: connect() removes
- * that mode from the session, and every call that sends values refuses (raises) if it was set
- * again. Multi-statements are never enabled and automatic reconnection is off.
+ * URL: mysql://user:password@host:port/database?param=value&... (or mariadb://), percent-
+ * decoded; default port 3306. Host "localhost" means a Unix socket (the default one unless
+ * ?socket=/path), as in the mysql client; use 127.0.0.1 for TCP. Parameters (with - or _) and
+ * opts (which win): connect_timeout (s, 10), read_timeout and write_timeout (s, 60: a hung
+ * server gives error 2013), ssl_mode, ssl_ca, ssl_capath, ssl_cert, ssl_key, local_infile
+ * (false), socket; opts also take password. ssl_mode: disabled; preferred (the default: TLS
+ * when the server offers it); required (TLS or fail); verify_ca (TLS, chain checked against
+ * ssl_ca/ssl_capath); verify_identity (also the host name). Whenever ssl_ca is given the
+ * chain is checked. The session is utf8mb4, autocommit, without multi-statements and without
+ * automatic reconnection (a reconnect is the caller's decision: is_connection_error).
+ *
+ * Errors: misuse (bad URL or option, wrong types, wrong value counts, closed handles) raises
+ * "mysql.<function>: ..."; failures of the server or the network return nil,
+ * "mysql.<function>: <server message> (<code>)", code. connect's messages name the target
+ * ("mysql.connect: 127.0.0.1:3306: Access denied ... (1045)") and mask the password
+ * wherever the server echoes it.
+ *
+ * Values (placeholders and batch rows) become SQL literals: string -> '...' with backslash
+ * escapes (\0 \n \r \Z \\ \' \"), exact for every byte in a utf8mb4 session; integer -> decimal;
+ * float -> %.17g (inf and nan raise); boolean -> 1/0; nil -> NULL. A `?` inside '...', "...",
+ * `...` or a comment is not a placeholder. Backslash escapes need a session without
+ * NO_BACKSLASH_ESCAPES: connect removes that mode, and sending values raises if it was set
+ * again.
+ *
+ * Results: rows are tables keyed by column name (a later duplicate name wins), NULL absent.
+ * Integer types -> integers, except BIGINT UNSIGNED above 2^63-1 -> its decimal string;
+ * FLOAT, DOUBLE -> floats; DECIMAL -> a number (an integer when it has no fraction and fits,
+ * else a float: CAST it to CHAR to keep more than 15 digits); everything else (text, blobs,
+ * dates, BIT, JSON) -> a string with the exact bytes.
+ *
+ * Batches are independent of connections (a batch survives a reconnect). conn:insert sends
+ * multi-row INSERTs of at most max_bytes each (default: the server's max_allowed_packet less
+ * 4 KB, at most 16 MB; a single larger row goes alone); run it in a transaction to make it
+ * all-or-nothing. affected_rows sums MySQL's counts: 1 per inserted row, and with
+ * on_duplicate 0 per existing row left unchanged, 2 per existing row updated.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <limits.h>
@@ -186,6 +219,7 @@ static size_t next_placeholder(const char *sql, size_t n, size_t i)
 /* ---------------------------------------------------------------------------------------- */
 /* URLs */
 
+/* The value of the hex digit c, or -1. */
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -217,12 +251,12 @@ static void push_decoded(lua_State *L, const char *s, size_t n, const char *fnam
     luaL_pushresultsize(&b, k);
 }
 
-/* Finds the first of the bytes in set within s[0..n); returns its offset or n. */
+/* Offset of the first byte of s[0..n) that is in set (NUL never is), or n. */
 static size_t find_any(const char *s, size_t n, const char *set)
 {
     size_t i;
     for (i = 0; i < n; i++)
-        if (strchr(set, s[i]) != NULL && s[i] != '\0')
+        if (s[i] != '\0' && strchr(set, s[i]) != NULL)
             return i;
     return n;
 }
@@ -415,21 +449,15 @@ static int run_sql(lua_State *L, conn *c, const char *sql, size_t n, int first, 
     luaL_buffinitsize(L, &b, need);
     i = 0;
     for (k = 0; k < nvals; k++) {
-        size_t q = next_placeholder(sql, n, i);
+        size_t q = next_placeholder(sql, n, i), room;
         luaL_addlstring(&b, sql + i, q - i);
-        size_t room = literal_max(L, first + k, fname, k + 1);
+        room = literal_max(L, first + k, fname, k + 1);
         luaL_addsize(&b, literal_write(L, first + k, luaL_prepbuffsize(&b, room)));
         i = q + 1;
     }
     luaL_addlstring(&b, sql + i, n - i);
-    luaL_pushresult(&b);
-    {
-        size_t len;
-        const char *q = lua_tolstring(L, -1, &len);
-        int rc = mysql_real_query(c->mysql, q, (unsigned long)len);
-        lua_pop(L, 1);
-        return rc;
-    }
+    /* sent from the buffer itself (no copy); it is dropped with the stack on return */
+    return mysql_real_query(c->mysql, luaL_buffaddr(&b), (unsigned long)luaL_bufflen(&b));
 }
 
 /* Pushes the value of field f (not NULL, len bytes at v, NUL-terminated by the library):
@@ -930,8 +958,23 @@ static int l_connect(lua_State *L)
     if (mode == SSL_VERIFY_IDENTITY)
         mysql_optionsv(c->mysql, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &yes);
 
-    if (mysql_real_connect(c->mysql, host, user, pass, db, port, sock, 0) == NULL
-        || setup_session(c) != 0) {
+    if (mysql_real_connect(c->mysql, host, user, pass, db, port, sock, 0) != NULL) {
+        /* Connector/C 3.3 goes on in plain text when the server offers no TLS, unless the
+         * certificate is verified: check, so that "required" means it. */
+        if (mode >= SSL_REQUIRED && mysql_get_ssl_cipher(c->mysql) == NULL) {
+            luaL_pushfail(L);
+            lua_pushfstring(L, "%s: %s: TLS is required but the server does not support it (%d)",
+                            fname, target, CR_SSL_CONNECTION_ERROR);
+            lua_pushinteger(L, CR_SSL_CONNECTION_ERROR);
+            conn_shut(c);
+            return 3;
+        }
+        if (setup_session(c) == 0) {
+            lua_pushvalue(L, 7);
+            return 1;
+        }
+    }
+    {
         unsigned int code = mysql_errno(c->mysql);
         luaL_pushfail(L);
         lua_pushfstring(L, "%s: %s: ", fname, target);
@@ -942,18 +985,6 @@ static int l_connect(lua_State *L)
         conn_shut(c);
         return 3;
     }
-    /* Connector/C 3.3 falls back to plain text when the server offers no TLS unless the
-     * certificate is verified: check, so that "required" means it. */
-    if (mode >= SSL_REQUIRED && mysql_get_ssl_cipher(c->mysql) == NULL) {
-        luaL_pushfail(L);
-        lua_pushfstring(L, "%s: %s: TLS is required but the server does not support it (%d)",
-                        fname, target, CR_SSL_CONNECTION_ERROR);
-        lua_pushinteger(L, CR_SSL_CONNECTION_ERROR);
-        conn_shut(c);
-        return 3;
-    }
-    lua_pushvalue(L, 7);
-    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -118,7 +118,7 @@ T.test("connect, tostring, server_version, close twice", function()
     end
 end)
 
-T.test("the session: utf8mb4, autocommit, backslash escapes, no local infile", function()
+T.test("the session: utf8mb4, autocommit, backslash escapes", function()
     local r = ok(conn:query_one([[SELECT @@character_set_client AS cs, @@character_set_results AS rs,
         @@autocommit AS ac, @@sql_mode AS m, CONNECTION_ID() > 0 AS id]]))
     T.eq(r.cs, "utf8mb4")
@@ -439,6 +439,22 @@ T.test("NO_BACKSLASH_ESCAPES: removed at connect, refused if set again", functio
           "mysql.insert: the session's sql_mode has NO_BACKSLASH_ESCAPES; values cannot be sent")
     T.eq(ok(c:query_one("SELECT 'a\\b' AS v")), { v = "a\\b" })   -- no values: allowed
     c:close()
+end)
+
+T.test("local_infile: off by default, on when asked", function()
+    ok(conn:execute("DROP TABLE IF EXISTS infile_t"))
+    ok(conn:execute("CREATE TABLE infile_t (id INT PRIMARY KEY, v TEXT)"))
+    local path = T.env("LPROC_TEST_TMP") .. "/infile.tsv"
+    local f = assert(io.open(path, "wb"))
+    f:write("7\tseven\n8\t\\N\n")
+    f:close()
+    local sql = "LOAD DATA LOCAL INFILE ? INTO TABLE infile_t"
+    local n, err, code = conn:execute(sql, path)
+    T.eq({ n, err, code }, { nil, "mysql.execute: The used command is not allowed because the MariaDB " ..
+        "server or client has disabled the local infile capability (4166)", 4166 })
+    local c <close> = connect({ local_infile = true })
+    T.eq({ ok(c:execute(sql, path)) }, { 2, 0 })
+    T.eq(ok(c:query("SELECT * FROM infile_t ORDER BY id")), { { id = 7, v = "seven" }, { id = 8 } })
 end)
 
 T.test("a read timeout detects a server that does not answer", function()
