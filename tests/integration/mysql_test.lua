@@ -83,24 +83,40 @@ T.test("parse_url: every part, percent-decoding, no password", function()
     T.eq(u.password, nil)
 end)
 
-T.test("parse_url: errors name the function and never the URL", function()
-    T.eq(raised(function() mysql.parse_url("http://x") end), "mysql.parse_url: invalid URL: it must start with mysql://")
-    T.eq(raised(function() mysql.parse_url("mysql://u:p@h:99999/d") end), "mysql.parse_url: invalid URL: bad port")
-    T.eq(raised(function() mysql.parse_url("mysql://u:p@h:12a/d") end), "mysql.parse_url: invalid URL: bad port")
-    T.eq(raised(function() mysql.parse_url("mysql://u:p@:1/d") end), "mysql.parse_url: invalid URL: missing host")
-    T.eq(raised(function() mysql.parse_url("mysql://u:se%zzcret@h/d") end),
-          "mysql.parse_url: invalid URL: bad percent-encoding in the password")
-    T.eq(raised(function() mysql.connect("mysql://u:secret@h/d?sslmode=x") end),
-          "mysql.connect: unknown URL parameter 'sslmode'")
-    T.eq(raised(function() mysql.connect(URL, { timeout = 3 }) end), "mysql.connect: unknown option 'timeout'")
-    T.eq(raised(function() mysql.connect(URL, { ssl_mode = "sometimes" }) end),
-          "mysql.connect: option 'ssl_mode' must be disabled, preferred, required, verify_ca or verify_identity")
-    T.eq(raised(function() mysql.connect(URL, { ssl_mode = "verify_ca" }) end),
-          "mysql.connect: ssl_mode verify_ca needs ssl_ca or ssl_capath")
-    T.eq(raised(function() mysql.connect(URL, { read_timeout = 0 }) end),
-          "mysql.connect: option 'read_timeout' must be a number of seconds > 0")
-    T.eq(raised(function() mysql.connect(URL, { local_infile = "maybe" }) end),
-          "mysql.connect: option 'local_infile' must be a boolean")
+T.test("parse_url and connect: bad URLs and options raise, never quoting the URL", function()
+    local BAD_URLS = {
+        { "http://x", "it must start with mysql://" },
+        { "mysql://u:p@h:99999/d", "bad port" },
+        { "mysql://u:p@h:12a/d", "bad port" },
+        { "mysql://u:p@h:/d", "empty port" },
+        { "mysql://u:p@:1/d", "missing host" },
+        { "mysql://u:p@[::1/d", "unterminated [ in the host" },
+        { "mysql://u:se%zzcret@h/d", "bad percent-encoding in the password" },
+        { "mysql://u%2@h/d", "bad percent-encoding in the user" },
+        { "mysql://u@h/d%g0", "bad percent-encoding in the database" },
+    }
+    for _, case in ipairs(BAD_URLS) do
+        T.eq(raised(function() mysql.parse_url(case[1]) end), "mysql.parse_url: invalid URL: " .. case[2])
+        T.eq(raised(function() mysql.connect(case[1]) end), "mysql.connect: invalid URL: " .. case[2])
+    end
+    local BAD_OPTIONS = {
+        { "mysql://u:secret@h/d?sslmode=x", nil, "unknown URL parameter 'sslmode'" },
+        { "mysql://u:secret@h/d?password=x", nil, "unknown URL parameter 'password'" },
+        { URL, { timeout = 3 }, "unknown option 'timeout'" },
+        { URL, { ssl_mode = "sometimes" },
+          "option 'ssl_mode' must be disabled, preferred, required, verify_ca or verify_identity" },
+        { URL, { ssl_mode = "verify_ca" }, "ssl_mode verify_ca needs ssl_ca or ssl_capath" },
+        { URL .. "?ssl-mode=VERIFY-IDENTITY", nil, "ssl_mode verify_identity needs ssl_ca or ssl_capath" },
+        { URL, { ssl_ca = 5 }, "option 'ssl_ca' must be a string" },
+        { URL, { socket = "a\0b" }, "option 'socket' contains a NUL byte" },
+        { URL, { read_timeout = 0 }, "option 'read_timeout' must be a number of seconds > 0" },
+        { URL .. "?connect-timeout=soon", nil, "option 'connect_timeout' must be a number of seconds > 0" },
+        { URL, { local_infile = "maybe" }, "option 'local_infile' must be a boolean" },
+    }
+    for _, case in ipairs(BAD_OPTIONS) do
+        T.eq(raised(function() mysql.connect(case[1], case[2]) end), "mysql.connect: " .. case[3])
+    end
+    T.eq(raised(function() mysql.connect(URL, 5) end), "bad argument #2 to 'connect' (table expected, got number)")
 end)
 
 T.test("connect, tostring, server_version, close twice", function()
@@ -201,14 +217,22 @@ T.test("placeholders: every value type, exact SQL semantics", function()
 end)
 
 T.test("placeholders: wrong count and bad values raise", function()
-    T.eq(raised(function() conn:execute("SELECT ?, ?", 1) end), "mysql.execute: 2 placeholders but 1 values")
-    T.eq(raised(function() conn:execute("SELECT '?'", 1) end), "mysql.execute: 0 placeholders but 1 values")
-    T.eq(raised(function() conn:query("SELECT ?") end), "mysql.query: 1 placeholders but 0 values")
-    T.eq(raised(function() conn:query_one("SELECT ?", 1, nil) end), "mysql.query_one: 1 placeholders but 2 values")
-    T.eq(raised(function() conn:execute("SELECT ?", 1 / 0) end), "mysql.execute: bad value #1 (inf and nan have no SQL literal)")
-    T.eq(raised(function() conn:execute("SELECT ?, ?", 1, 0 / 0) end), "mysql.execute: bad value #2 (inf and nan have no SQL literal)")
-    T.eq(raised(function() conn:execute("SELECT ?", {}) end),
-          "mysql.execute: bad value #1 (string, number, boolean or nil expected, got table)")
+    local CASES = {
+        { "execute", { "SELECT ?, ?", 1 }, "mysql.execute: 2 placeholders but 1 values" },
+        { "execute", { "SELECT '?'", 1 }, "mysql.execute: 0 placeholders but 1 values" },
+        { "query", { "SELECT ?" }, "mysql.query: 1 placeholders but 0 values" },
+        { "query_one", { "SELECT ?", 1, nil, n = 3 }, "mysql.query_one: 1 placeholders but 2 values" },
+        { "execute", { "SELECT ?", 1 / 0 }, "mysql.execute: bad value #1 (inf and nan have no SQL literal)" },
+        { "query", { "SELECT ?, ?", 1, 0 / 0 }, "mysql.query: bad value #2 (inf and nan have no SQL literal)" },
+        { "execute", { "SELECT ?", {} },
+          "mysql.execute: bad value #1 (string, number, boolean or nil expected, got table)" },
+        { "query", { "SELECT ?", print },
+          "mysql.query: bad value #1 (string, number, boolean or nil expected, got function)" },
+    }
+    for _, case in ipairs(CASES) do
+        local args = case[2]
+        T.eq(raised(function() conn[case[1]](conn, table.unpack(args, 1, args.n or #args)) end), case[3])
+    end
     T.eq(raised(function() conn:execute({}) end), "bad argument #1 to 'execute' (string expected, got table)")
 end)
 
