@@ -1305,7 +1305,9 @@ static int c_insert(lua_State *L)
 /* ---------------------------------------------------------------------------------------- */
 /* Module */
 
-/* Codes after which the connection is unusable or the server unreachable: reconnect and retry. */
+/* Codes after which the connection is unusable or the server unreachable: reconnect and retry.
+ * Over TLS, a connection the server dropped is reported as CR_SSL_CONNECTION_ERROR, so that
+ * code is here too (a TLS set-up that can never work is retried until the caller gives up). */
 static const int connection_errors[] = {
     CR_SOCKET_CREATE_ERROR, CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_IPSOCK_ERROR,
     CR_UNKNOWN_HOST, CR_SERVER_GONE_ERROR, CR_TCP_CONNECTION, CR_SERVER_HANDSHAKE_ERR,
@@ -1313,7 +1315,7 @@ static const int connection_errors[] = {
     ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_ABORTING_CONNECTION, ER_NET_READ_ERROR_FROM_PIPE,
     ER_NET_PACKETS_OUT_OF_ORDER, ER_NET_READ_ERROR, ER_NET_READ_INTERRUPTED,
     ER_NET_ERROR_ON_WRITE, ER_NET_WRITE_INTERRUPTED, ER_NEW_ABORTING_CONNECTION,
-    ER_TOO_MANY_USER_CONNECTIONS, ER_CONNECTION_KILLED,
+    ER_TOO_MANY_USER_CONNECTIONS, ER_CONNECTION_KILLED, CR_SSL_CONNECTION_ERROR,
 };
 
 /* mysql.is_connection_error(code) -> boolean (nil -> false) */

@@ -482,7 +482,7 @@ T.test("local_infile: off by default, on when asked", function()
 end)
 
 T.test("a read timeout detects a server that does not answer", function()
-    local c = connect({ read_timeout = 1 })
+    local c = connect({ read_timeout = 1, ssl_mode = "disabled" })
     local t0 = os.time()
     local n, err, code = c:query("SELECT SLEEP(5)")
     T.eq({ n, err, code }, { nil, "mysql.query: Lost connection to server during query (2013)", 2013 })
@@ -522,22 +522,30 @@ T.test("connection refused: 2002, a connection error", function()
     T.eq(err:find(PASSWORD, 1, true), nil)
 end)
 
-T.test("ssl_mode required against a server without TLS fails", function()
-    local c, err, code = mysql.connect(URL .. "?ssl-mode=REQUIRED")
-    T.eq({ c, err, code }, { nil, "mysql.connect: " .. TARGET ..
-        ": TLS is required but the server does not support it (2026)", 2026 })
-    c = connect({ ssl_mode = "disabled" })   -- opts override the URL
-    c:close()
-    c = mysql.connect(URL .. "?ssl_mode=preferred&connect-timeout=3&local-infile=0")
-    T.ok(c, "preferred falls back to plain text")
-    c:close()
+T.test("TLS: required, verify_ca and verify_identity against the test CA", function()
+    local ca = T.env("LPROC_TEST_TLS_CA")
+    local function cipher(c)
+        local row = ok(c:query_one("SHOW SESSION STATUS LIKE 'Ssl_cipher'"))
+        c:close()
+        return row.Value
+    end
+    T.ok(cipher(ok(mysql.connect(URL .. "?ssl-mode=REQUIRED"))) ~= "", "required uses TLS")
+    T.ok(cipher(ok(mysql.connect(URL, { ssl_mode = "verify_ca", ssl_ca = ca }))) ~= "", "verify_ca")
+    T.ok(cipher(ok(mysql.connect(URL, { ssl_mode = "verify_identity", ssl_ca = ca }))) ~= "",
+        "verify_identity (the certificate names 127.0.0.1)")
+    T.eq(cipher(connect({ ssl_mode = "disabled" })), "", "disabled: plain text")
+    -- A CA that did not sign the server's certificate is refused.
+    local c, err, code = mysql.connect(URL, { ssl_mode = "verify_ca", ssl_ca = "/etc/ssl/certs/ca-certificates.crt",
+                                              connect_timeout = 3 })
+    T.eq({ c, code }, { nil, 2026 }, "wrong CA: " .. tostring(err))
+    T.eq(err:find(PASSWORD, 1, true), nil)
 end)
 
 T.test("is_connection_error", function()
-    for _, code in ipairs { 2002, 2003, 2006, 2013, 2055, 1053, 1927, 1040 } do
+    for _, code in ipairs { 2002, 2003, 2006, 2013, 2026, 2055, 1053, 1927, 1040 } do
         T.eq(mysql.is_connection_error(code), true, "code " .. code)
     end
-    for _, code in ipairs { 1045, 1049, 1062, 1064, 1146, 1213, 2026, 0 } do
+    for _, code in ipairs { 1045, 1049, 1062, 1064, 1146, 1213, 0 } do
         T.eq(mysql.is_connection_error(code), false, "code " .. code)
     end
     T.eq(mysql.is_connection_error(nil), false)
