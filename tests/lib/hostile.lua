@@ -63,7 +63,7 @@ M.lines = {
     { "URL of 5000 bytes", combined("198.51.100.7", "-", T0, "GET /" .. string.rep("a", 5000) .. " HTTP/1.1", 414, 0, "-", "x") },
     { "user agent of 20000 bytes", combined("198.51.100.7", "-", T0, "GET / HTTP/1.1", 200, 5, "-", string.rep("Mozilla ", 2500)) },
     { "a 1 MB line", GOOD .. " " .. string.rep("x", 1024 * 1024) },
-    { "a line over the rules' maximum (70000 bytes of junk)", string.rep("\255junk ", 10000) },
+    { "a line over the rules' maximum (70000 bytes of junk)", string.rep("\255junk ", 12000) },
     { "only spaces", "          " },
     { "only a tab", "\t" },
     { "proxy line with an injected e-mail", '198.51.100.7 ABCDEFGHIJKLMNO ' .. INJ .. '@evil.example [01/Nov/2022:00:00:00 -0500] "GET https://host:443/p HTTP/1.1" 200 7259 -' },
