@@ -5,6 +5,7 @@
 #   make check      run the test suite against private RabbitMQ and MariaDB servers
 #   make sanitize   the same suite under ASan + UBSan
 #   make valgrind   the same suite under valgrind
+#   make demo       the whole pipeline on private servers and a sample log (make demo-stop)
 
 PKGS     = lua5.4 librabbitmq libmariadb libpcre2-8 libcrypto libmaxminddb zlib
 # Debian packages: build, runtime data, servers for the tests and the demo.
@@ -82,6 +83,17 @@ sanitize:
 
 valgrind: all
 	LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite' tests/run.sh
+
+build/ceiling: bench/ceiling.c | check-deps
+	@mkdir -p build
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo.sh start
+
+demo-stop:
+	@scripts/demo.sh stop
 
 clean:
 	rm -rf build lproc

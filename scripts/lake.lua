@@ -1,0 +1,45 @@
+-- lake.lua: the data-lake consumer. Stores every line, byte for byte, as a row of raw_log.
+--
+--   lproc scripts/lake.lua [options]
+local consumer = require "lproc.consumer"
+local util = require "lproc.util"
+
+local NAME = "lake"
+
+-- raw_log: one row per line. `line` is LONGBLOB, so any byte sequence goes in intact.
+local RAW_LOG_SQL = [[
+CREATE TABLE IF NOT EXISTS raw_log (
+    id          CHAR(64) CHARACTER SET ascii NOT NULL,
+    line        LONGBLOB NOT NULL,
+    source      VARBINARY(1024) NULL,
+    `offset`    BIGINT UNSIGNED NULL,
+    ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (id),
+    KEY raw_log_ingested (ingested_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4]]
+
+local opts = util.getopt(arg, consumer.OPTIONS, NAME)
+if opts.help then
+    io.stdout:write("usage: lproc scripts/lake.lua [options]\n\n",
+        "Consumes queue-data-lake and stores every line, byte for byte, in the table raw_log\n",
+        "(created when missing).\n\noptions:\n", consumer.OPTIONS_HELP)
+    os.exit(0)
+end
+
+consumer.run{
+    name = NAME,
+    opts = opts,
+    tables = { { name = "raw_log", columns = { "id", "line", "source", "offset" } } },
+    setup = function(db)
+        local ok, err = db:execute(RAW_LOG_SQL)
+        if not ok then return nil, "cannot create raw_log: " .. err end
+        return true
+    end,
+    line = function(rows, line, id, source, offset)
+        if source and #source > 1024 then source = source:sub(1, 1024) end
+        rows.raw_log:add(id, line, source, offset)
+    end,
+    fallback = function(_, _, id, err)
+        error(string.format("raw_log refused line %s: %s", id, err))
+    end,
+}
