@@ -799,6 +799,40 @@ static int is_control(uint32_t cp)
     return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F);
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Non-zero when one of the 8 bytes in x is not printable ASCII (< 0x20, 0x7f or >= 0x80). */
+static uint64_t word_unsafe(uint64_t x)
+{
+    uint64_t del = x ^ (0x7f * ONES);
+    return (x | ((x - 0x20 * ONES) & ~x) | ((del - ONES) & ~del)) & HIGHS;
+}
+
+/* Number of leading bytes of p (at most n) that are printable ASCII and, with json set,
+ * neither '"' nor '\'. */
+static size_t plain_prefix(const unsigned char *p, size_t n, int json)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, bad;
+        memcpy(&x, p + i, 8);
+        bad = word_unsafe(x);
+        if (json) {
+            uint64_t q = x ^ ('"' * ONES), b = x ^ ('\\' * ONES);
+            bad |= (((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
+        }
+        if (bad)
+            break;
+    }
+    for (; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x20 || c >= 0x7f || (json && (c == '"' || c == '\\')))
+            break;
+    }
+    return i;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The engine                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
@@ -920,10 +954,14 @@ static void set_text(lua_State *L, engine *e, int c, const char *p, size_t n, in
     size_t i, chars = 0, o = 0;
     char *out;
 
-    for (i = 0; i < n; i++) {
-        unsigned char ch = s[i];
-        if (ch < 0x20 || ch >= 0x7f || (lower && ch >= 'A' && ch <= 'Z'))
-            break;
+    if (lower) {
+        for (i = 0; i < n; i++) {
+            unsigned char ch = s[i];
+            if (ch < 0x20 || ch >= 0x7f || (ch >= 'A' && ch <= 'Z'))
+                break;
+        }
+    } else {
+        i = plain_prefix(s, n, 0);
     }
     if (i == n && n <= col->maxchars && n <= col->maxbytes) {
         if (flags & TX_COPY) {
@@ -1113,6 +1151,15 @@ static int dig4(const char *p)
     return dig2(p) * 100 + dig2(p + 2);
 }
 
+/* Writes v as exactly n decimal digits (zero-padded) at s. */
+static void put_digits(char *s, int v, int n)
+{
+    while (n-- > 0) {
+        s[n] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
 /* Fills the time columns from seconds since the epoch (UTC). Returns 1, or 0 (reject) when
  * the year is outside 1000..9999 (DATETIME's range). */
 static int set_time(lua_State *L, engine *e, int64_t t, const char *var, const char *p, size_t n)
@@ -1124,9 +1171,18 @@ static int set_time(lua_State *L, engine *e, int64_t t, const char *var, const c
     civil_from_days(days, &y, &m, &d);
     if (y < 1000 || y > 9999)
         return reject(e, "date out of range in $%s (%.*s)", var, (int)(n > 40 ? 40 : n), p);
-    s = scratch(L, e, 48);
-    snprintf(s, 48, "%04d-%02d-%02d %02d:%02d:%02d", (int)y, m, d, (int)(sec / 3600),
-             (int)(sec / 60 % 60), (int)(sec % 60));
+    s = scratch(L, e, 20);
+    put_digits(s, (int)y, 4);
+    s[4] = '-';
+    put_digits(s + 5, m, 2);
+    s[7] = '-';
+    put_digits(s + 8, d, 2);
+    s[10] = ' ';
+    put_digits(s + 11, (int)(sec / 3600), 2);
+    s[13] = ':';
+    put_digits(s + 14, (int)(sec / 60 % 60), 2);
+    s[16] = ':';
+    put_digits(s + 17, (int)(sec % 60), 2);
     set_raw(e, C_TIMESTAMP, s, 19);
     set_raw(e, C_TIME, s + 11, 8);
     set_int(e, C_YEAR, y);
@@ -1545,8 +1601,15 @@ static void do_user(lua_State *L, engine *e, const char *p, size_t n)
 /* Decimal text of v / 2^shift (exact) into out. Returns the length. */
 static size_t exact_fraction(uint64_t v, int shift, char *out)
 {
-    uint64_t mask = ((uint64_t)1 << shift) - 1, f = v & mask;
-    int n = snprintf(out, 24, "%llu", (unsigned long long)(v >> shift));
+    uint64_t mask = ((uint64_t)1 << shift) - 1, f = v & mask, ip = v >> shift;
+    char tmp[24];
+    int n = 0, k = 0;
+    do {
+        tmp[k++] = (char)('0' + ip % 10);
+        ip /= 10;
+    } while (ip != 0);
+    while (k > 0)
+        out[n++] = tmp[--k];
     if (f != 0) {
         out[n++] = '.';
         while (f != 0) {
@@ -1645,16 +1708,20 @@ static int ua_match(engine *e, const ua_rule *r, const char *p, size_t n, pcre2_
     return pcre2_match(r->code, (PCRE2_SPTR)p, n, 0, 0, md, e->mctx) >= 0;
 }
 
-/* FNV-1a. */
+/* A hash of p (n bytes), 8 bytes at a time (FNV-style multiply, then a final mix). */
 static uint64_t hash_bytes(const char *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        h ^= (unsigned char)p[i];
-        h *= 1099511628211ULL;
+    uint64_t h = 1469598103934665603ULL ^ n, x;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&x, p + i, 8);
+        h = (h ^ x) * 1099511628211ULL;
+        h ^= h >> 29;
     }
-    return h;
+    for (; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+    h ^= h >> 32;
+    return h * 0x9E3779B97F4A7C15ULL;
 }
 
 /* user_agent -> browser, os, device (first matching rule of each list; device defaults to
@@ -1989,9 +2056,18 @@ static int json_str(buf *b, const char *p, size_t n)
     o = b->p + b->len;
     *o++ = '"';
     while (i < n) {
-        unsigned char c = s[i];
+        unsigned char c;
         uint32_t cp;
         int k;
+        size_t run = plain_prefix(s + i, n - i, 1);
+        if (run > 0) {
+            memcpy(o, s + i, run);
+            o += run;
+            i += run;
+            if (i == n)
+                break;
+        }
+        c = s[i];
         if (c >= 0x20 && c < 0x7f) {
             if (c == '"' || c == '\\')
                 *o++ = '\\';
