@@ -237,21 +237,90 @@ if cf then
     T.test("country database: metadata", function()
         local db = assert(geoip.open(COUNTRY_DB))
         local m = db:metadata()
-        T.eq(m.database_type, "lproc-country")
-        T.eq(m.ip_version, 6)
-        T.eq(m.description, "IPFire Location database via Debian tor-geoipdb, CC BY-SA 4.0")
+        T.eq({ m.database_type, m.ip_version, m.record_size, m.languages, m.description },
+            { "lproc-country", 6, 24, { "en" },
+              "IPFire Location database via Debian tor-geoipdb, CC BY-SA 4.0" })
         db:close()
     end)
 
+    -- Addresses whose country has long been stable in the IPFire data.
     local known = {
         { "8.8.8.8", answer("US", "United States", nil) },
-        { "1.1.1.1", NONE },
+        { "193.0.6.139", answer("NL", "Netherlands", nil) },          -- RIPE NCC
+        { "77.88.8.8", answer("RU", "Russian Federation", nil) },
+        { "133.1.1.1", answer("JP", "Japan", nil) },
+        { "200.160.2.3", answer("BR", "Brazil", nil) },
+        { "::ffff:8.8.8.8", answer("US", "United States", nil) },
+        { "2001:4860:4860::8888", answer("US", "United States", nil) },
+        { "2a02:6b8::2:242", answer("RU", "Russian Federation", nil) },
+        { "2a01:4f8::1", answer("DE", "Germany", nil) },
+        { "10.0.0.1", NONE },
+        { "172.16.5.4", NONE },
+        { "192.168.1.1", NONE },
+        { "127.0.0.1", NONE },
+        { "0.0.0.0", NONE },
+        { "::1", NONE },
+        { "fe80::1", NONE },
+        { "not-an-ip", NONE },
     }
     T.test("country database: well-known addresses", function()
         local db = assert(geoip.open(COUNTRY_DB))
         for _, l in ipairs(known) do
             T.eq(look(db, l[1]), l[2], l[1])
         end
+        db:close()
+    end)
+
+    -- The country code the database must give for a code of the source data.
+    local SKIPPED = { ["??"] = true, AP = true, AN = true, CS = true, SU = true,
+                      AB = true, OS = true, UN = true, ZZ = true }
+    local function want_cc(cc)
+        if SKIPPED[cc] then return nil end
+        return cc == "UK" and "GB" or cc
+    end
+    local function ipv4(n)
+        return string.format("%d.%d.%d.%d", n >> 24 & 255, n >> 16 & 255, n >> 8 & 255, n & 255)
+    end
+
+    T.test("country database: sampled ranges of the source data, at both ends", function()
+        local db = assert(geoip.open(COUNTRY_DB))
+        local f = assert(io.open("/usr/share/tor/geoip"))
+        local checked, bad, prev, i = 0, {}, nil, 0
+        for line in f:lines() do
+            local lo, hi, cc = line:match("^(%d+),(%d+),(%S+)$")
+            if lo then
+                lo, hi, i = tonumber(lo), tonumber(hi), i + 1
+                if i % 211 == 0 then
+                    local want = want_cc(cc)
+                    for _, ip in ipairs({ lo, hi, (lo + hi) // 2 }) do
+                        if db:lookup(ipv4(ip)) ~= want then bad[#bad + 1] = ipv4(ip) end
+                    end
+                    -- the address before lo belongs to the previous range, or to none
+                    local before = prev and prev[2] == lo - 1 and want_cc(prev[3]) or nil
+                    if db:lookup(ipv4(lo - 1)) ~= before then bad[#bad + 1] = ipv4(lo - 1) end
+                    checked = checked + 1
+                end
+                prev = { lo, hi, cc }
+            end
+        end
+        f:close()
+        f = assert(io.open("/usr/share/tor/geoip6"))
+        i = 0
+        for line in f:lines() do
+            local lo, hi, cc = line:match("^([%x:]+),([%x:]+),(%S+)$")
+            if lo and not lo:find("^2002:") then
+                i = i + 1
+                if i % 211 == 0 then
+                    for _, ip in ipairs({ lo, hi }) do
+                        if db:lookup(ip) ~= want_cc(cc) then bad[#bad + 1] = ip end
+                    end
+                    checked = checked + 1
+                end
+            end
+        end
+        f:close()
+        T.ok(checked > 3000, "ranges checked: " .. checked)
+        T.eq(bad, {}, "addresses with a wrong country")
         db:close()
     end)
 end
