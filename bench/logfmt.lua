@@ -39,9 +39,13 @@ if not file then
     local f = assert(io.open(file, "w"))
     math.randomseed(42)
     local rnd = math.random
+    local ips = {}                  -- clients come back: a pool of 20000 addresses
+    for k = 1, 20000 do
+        ips[k] = string.format("%d.%d.%d.%d", rnd(1, 223), rnd(0, 255), rnd(0, 255), rnd(1, 254))
+    end
     for _ = 1, n do
-        f:write(string.format('%d.%d.%d.%d - - [%02d/%s/2022:%02d:%02d:%02d +0100] "GET %s HTTP/1.1" %d %d "-" "%s"\n',
-            rnd(1, 223), rnd(0, 255), rnd(0, 255), rnd(1, 254), rnd(1, 28), MONTHS[rnd(1, 12)],
+        f:write(string.format('%s - - [%02d/%s/2022:%02d:%02d:%02d +0100] "GET %s HTTP/1.1" %d %d "-" "%s"\n',
+            ips[rnd(1, #ips)], rnd(1, 28), MONTHS[rnd(1, 12)],
             rnd(0, 23), rnd(0, 59), rnd(0, 59), PATHS[rnd(1, #PATHS)], STATUS[rnd(1, #STATUS)],
             rnd(0, 100000), UAS[rnd(1, #UAS)]))
     end

@@ -843,6 +843,7 @@ enum { V_NULL, V_STR, V_INT, V_BOOL, V_DEC, V_DBL };
  * data; they live until the next line. V_DEC is decimal text (a JSON number). */
 typedef struct value {
     int kind;
+    int plain;              /* V_STR: printable ASCII without '"' and '\\' (JSON as is) */
     const char *s;
     size_t len;
     int64_t i;
@@ -868,6 +869,15 @@ typedef struct ua_entry {
     short rule[N_UA];       /* index of the matching rule, -1 none */
 } ua_entry;
 
+/* A GeoIP answer merged over the databases, cached per engine by address text. */
+typedef struct geo_entry {
+    char ip[46];
+    unsigned char len;      /* 0: empty slot */
+    lproc_geo g;
+} geo_entry;
+
+#define DEFAULT_GEO_CACHE 16384
+
 typedef struct engine {
     int closed;
     int nformats;
@@ -891,6 +901,8 @@ typedef struct engine {
     char *default_device;
     ua_entry *uacache;
     size_t uacache_n;           /* slots (a power of two), 0: no cache */
+    geo_entry *geocache;
+    size_t geocache_n;          /* slots (a power of two), 0: no cache */
     block *arena;
     buf out;                    /* JSON output */
     buf reason;                 /* reject reason of the current line */
@@ -902,7 +914,7 @@ typedef struct engine {
     PCRE2_SIZE *ov;
     int in_map;
     /* counters */
-    uint64_t n_lines, n_rows, n_rejects, n_map_errors, ua_hits, ua_misses;
+    uint64_t n_lines, n_rows, n_rejects, n_map_errors, ua_hits, ua_misses, geo_hits, geo_misses;
 } engine;
 
 /* Raises a memory error (all memory is owned by the engine, so nothing leaks). */
@@ -954,6 +966,8 @@ static void set_text(lua_State *L, engine *e, int c, const char *p, size_t n, in
     size_t i, chars = 0, o = 0;
     char *out;
 
+    v->plain = 0;
+
     if (lower) {
         for (i = 0; i < n; i++) {
             unsigned char ch = s[i];
@@ -961,7 +975,10 @@ static void set_text(lua_State *L, engine *e, int c, const char *p, size_t n, in
                 break;
         }
     } else {
-        i = plain_prefix(s, n, 0);
+        i = plain_prefix(s, n, 1);
+        v->plain = i == n;
+        if (i < n)
+            i += plain_prefix(s + i, n - i, 0);
     }
     if (i == n && n <= col->maxchars && n <= col->maxbytes) {
         if (flags & TX_COPY) {
@@ -974,6 +991,7 @@ static void set_text(lua_State *L, engine *e, int c, const char *p, size_t n, in
         v->len = n;
         return;
     }
+    v->plain = 0;
     out = scratch(L, e, 3 * n);
     i = 0;
     while (i < n && chars < col->maxchars) {
@@ -1017,6 +1035,7 @@ static void set_dec(engine *e, int c, const char *s, size_t n)
 /* Sets a string from static or arena memory known to be clean. */
 static void set_raw(engine *e, int c, const char *s, size_t n)
 {
+    e->vals[c].plain = plain_prefix((const unsigned char *)s, n, 1) == n;
     e->vals[c].kind = V_STR;
     e->vals[c].s = s;
     e->vals[c].len = n;
@@ -1675,29 +1694,6 @@ static void do_vhost(lua_State *L, engine *e, const char *p, size_t n)
 
 /* ---- GeoIP ---- */
 
-/* ip -> country_code, country, city: for each field, the first database that knows it. */
-static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
-{
-    int i;
-    for (i = 0; i < e->ngeo; i++) {
-        lproc_geo g;
-        int rc = lproc_geoip_find(e->geo[i], ip, n, &g);
-        if (rc < 0)
-            return;
-        if (rc == 0)
-            continue;
-        if (e->vals[C_COUNTRY_CODE].kind == V_NULL && g.country_code != NULL)
-            set_text(L, e, C_COUNTRY_CODE, g.country_code, g.country_code_len, 0);
-        if (e->vals[C_COUNTRY].kind == V_NULL && g.country != NULL)
-            set_text(L, e, C_COUNTRY, g.country, g.country_len, 0);
-        if (e->vals[C_CITY].kind == V_NULL && g.city != NULL)
-            set_text(L, e, C_CITY, g.city, g.city_len, 0);
-        if (e->vals[C_COUNTRY_CODE].kind != V_NULL && e->vals[C_COUNTRY].kind != V_NULL
-            && e->vals[C_CITY].kind != V_NULL)
-            return;
-    }
-}
-
 /* ---- user agent ---- */
 
 /* Does rule r match the user agent p (n bytes)? */
@@ -1722,6 +1718,61 @@ static uint64_t hash_bytes(const char *p, size_t n)
         h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
     h ^= h >> 32;
     return h * 0x9E3779B97F4A7C15ULL;
+}
+
+/* ip -> country_code, country, city: for each field, the first database that knows it.
+ * Merged answers are cached per engine (direct-mapped, keyed by the address text). */
+static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
+{
+    lproc_geo m;
+    geo_entry *slot = NULL;
+    int i;
+    if (e->ngeo == 0)
+        return;
+    if (e->geocache_n > 0 && n < sizeof slot->ip) {
+        slot = &e->geocache[hash_bytes(ip, n) & (e->geocache_n - 1)];
+        if (slot->len == n && memcmp(slot->ip, ip, n) == 0) {
+            e->geo_hits++;
+            m = slot->g;
+            goto found;
+        }
+    }
+    e->geo_misses++;
+    memset(&m, 0, sizeof m);
+    for (i = 0; i < e->ngeo; i++) {
+        lproc_geo g;
+        int rc = lproc_geoip_find(e->geo[i], ip, n, &g);
+        if (rc < 0)
+            break;
+        if (rc == 0)
+            continue;
+        if (m.country_code == NULL && g.country_code != NULL) {
+            m.country_code = g.country_code;
+            m.country_code_len = g.country_code_len;
+        }
+        if (m.country == NULL && g.country != NULL) {
+            m.country = g.country;
+            m.country_len = g.country_len;
+        }
+        if (m.city == NULL && g.city != NULL) {
+            m.city = g.city;
+            m.city_len = g.city_len;
+        }
+        if (m.country_code != NULL && m.country != NULL && m.city != NULL)
+            break;
+    }
+    if (slot != NULL) {
+        memcpy(slot->ip, ip, n);
+        slot->len = (unsigned char)n;
+        slot->g = m;
+    }
+found:
+    if (m.country_code != NULL)
+        set_text(L, e, C_COUNTRY_CODE, m.country_code, m.country_code_len, 0);
+    if (m.country != NULL)
+        set_text(L, e, C_COUNTRY, m.country, m.country_len, 0);
+    if (m.city != NULL)
+        set_text(L, e, C_CITY, m.city, m.city_len, 0);
 }
 
 /* user_agent -> browser, os, device (first matching rule of each list; device defaults to
@@ -2193,7 +2244,14 @@ static void build_json(lua_State *L, engine *e, int row, const char *line, size_
             rc |= buf_add(b, "null", 4);
             break;
         case V_STR:
-            rc |= json_str(b, v->s, v->len);
+            if (v->plain && buf_grow(b, v->len + 2) == 0) {
+                b->p[b->len] = '"';
+                memcpy(b->p + b->len + 1, v->s, v->len);
+                b->p[b->len + 1 + v->len] = '"';
+                b->len += v->len + 2;
+            } else {
+                rc |= json_str(b, v->s, v->len);
+            }
             break;
         case V_INT:
             rc |= json_int(b, v->i);
@@ -2303,6 +2361,9 @@ static void engine_free(engine *e)
     free(e->uacache);
     e->uacache = NULL;
     e->uacache_n = 0;
+    free(e->geocache);
+    e->geocache = NULL;
+    e->geocache_n = 0;
     arena_free(&e->arena);
     free(e->out.p);
     free(e->reason.p);
@@ -2410,11 +2471,12 @@ static int e_columns(lua_State *L)
     return 1;
 }
 
-/* engine:stats() -> {lines=, rows=, rejects=, map_errors=, ua_cache_hits=, ua_cache_misses=} */
+/* engine:stats() -> {lines=, rows=, rejects=, map_errors=, ua_cache_hits=, ua_cache_misses=,
+ *                    geo_cache_hits=, geo_cache_misses=} */
 static int e_stats(lua_State *L)
 {
     engine *e = check_engine(L, 1, "stats");
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 8);
     lua_pushinteger(L, (lua_Integer)e->n_lines);
     lua_setfield(L, -2, "lines");
     lua_pushinteger(L, (lua_Integer)e->n_rows);
@@ -2427,6 +2489,10 @@ static int e_stats(lua_State *L)
     lua_setfield(L, -2, "ua_cache_hits");
     lua_pushinteger(L, (lua_Integer)e->ua_misses);
     lua_setfield(L, -2, "ua_cache_misses");
+    lua_pushinteger(L, (lua_Integer)e->geo_hits);
+    lua_setfield(L, -2, "geo_cache_hits");
+    lua_pushinteger(L, (lua_Integer)e->geo_misses);
+    lua_setfield(L, -2, "geo_cache_misses");
     return 1;
 }
 
@@ -2839,12 +2905,12 @@ static void build_ua(lua_State *L, engine *e)
  * opts: formats = {{name=, format=}...} (tried in order), columns = {{name=, type=}...}
  * (custom columns, after the standard ones), geoip = {db...} (lproc.geoip handles, first
  * answer wins per field), ua = {browser=, os=, device=, default_device=}, map = function(rec),
- * max_line = 65536, ua_cache = 4096 (entries; 0 disables the cache). */
+ * max_line = 65536, ua_cache = 4096, geo_cache = 16384 (entries; 0 disables a cache). */
 static int l_engine(lua_State *L)
 {
     engine *e;
     int eidx, i, n;
-    lua_Integer cache;
+    lua_Integer cache, geocache;
     luaL_checktype(L, 1, LUA_TTABLE);
     e = lua_newuserdatauv(L, sizeof *e, N_UV - 1);
     memset(e, 0, sizeof *e);
@@ -2854,6 +2920,7 @@ static int l_engine(lua_State *L)
 
     e->max_line = (size_t)opt_int(L, "max_line", DEFAULT_MAX_LINE, 1, MAX_MAX_LINE);
     cache = opt_int(L, "ua_cache", DEFAULT_UA_CACHE, 0, 1 << 20);
+    geocache = opt_int(L, "geo_cache", DEFAULT_GEO_CACHE, 0, 1 << 22);
     build_formats(L, e);
     build_columns(L, e, eidx);
     build_ua(L, e);
@@ -2888,6 +2955,15 @@ static int l_engine(lua_State *L)
         if (e->uacache == NULL)
             return oom(L);
         e->uacache_n = slots;
+    }
+    if (geocache > 0 && e->ngeo > 0) {
+        size_t slots = 1;
+        while (slots < (size_t)geocache)
+            slots *= 2;
+        e->geocache = calloc(slots, sizeof *e->geocache);
+        if (e->geocache == NULL)
+            return oom(L);
+        e->geocache_n = slots;
     }
     e->md = pcre2_match_data_create(MAX_VARS + 1, NULL);
     e->md_ua = pcre2_match_data_create(1, NULL);

@@ -121,6 +121,7 @@ function M.new(opts)
         geoip = opts.geoip,
         max_line = opts.max_line,
         ua_cache = opts.ua_cache,
+        geo_cache = opts.geo_cache,
         user_agents = deepcopy(M.user_agents),
         map = nil,
         _formats = {},
@@ -191,6 +192,7 @@ function Rules:compile()
         map = self.map,
         max_line = self.max_line,
         ua_cache = self.ua_cache,
+        geo_cache = self.geo_cache,
     })
     if not ok then error("rules: " .. tostring(engine):gsub("^logfmt%.engine: ", ""), 2) end
     if self._engine then self._engine:close() end
