@@ -60,8 +60,10 @@ T.test("every hostile line: raw bytes intact, one clean row or one reject, nothi
 end)
 
 T.test("injection strings are stored as data", function()
-    local row = P.db():query_one("SELECT user FROM clean_log WHERE id = ?", id_of("SQL injection in the user"))
-    T.eq(row and row.user, "'; DROP TABLE raw_log; --")
+    local row = P.db():query_one("SELECT user FROM clean_log WHERE id = ?", id_of("SQL injection in the user, without spaces"))
+    T.eq(row and row.user, "admin'--\\';DROP/**/TABLE/**/raw_log;#")
+    row = P.db():query_one("SELECT url FROM clean_log WHERE id = ?", id_of("SQL injection in the path"))
+    T.eq(row and row.url, "/'; DROP TABLE raw_log; --")
     row = P.db():query_one("SELECT referrer FROM clean_log WHERE id = ?", id_of("SQL injection in the referrer"))
     T.eq(row and row.referrer, "'; DROP TABLE raw_log; --")
     row = P.db():query_one("SELECT line FROM raw_log WHERE id = ?", id_of("SQL injection as the whole line"))

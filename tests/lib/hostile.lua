@@ -33,6 +33,7 @@ M.lines = {
     { "raw TLS ClientHello bytes", HELLO_RAW },
     { "raw TLS bytes in the request field", combined("198.51.100.7", "-", T0, HELLO_RAW, 400, 0, "-", "-") },
     { "SQL injection in the user", combined("198.51.100.7", INJ, T0, "GET / HTTP/1.1", 200, 5, "-", "x") },
+    { "SQL injection in the user, without spaces", combined("198.51.100.7", "admin'--\\';DROP/**/TABLE/**/raw_log;#", T0, "GET / HTTP/1.1", 200, 5, "-", "x") },
     { "SQL injection in the path", combined("198.51.100.7", "-", T0, "GET /" .. INJ .. " HTTP/1.1", 200, 5, "-", "x") },
     { "SQL injection in the query", combined("198.51.100.7", "-", T0, "GET /s?q=1' OR '1'='1 HTTP/1.1", 200, 5, "-", "x") },
     { "SQL injection in the referrer", combined("198.51.100.7", "-", T0, "GET / HTTP/1.1", 200, 5, INJ, "x") },
