@@ -45,6 +45,26 @@ T.test("10k lines: every line once in raw_log, every id once in clean_log or cle
     T.ok(P.counts().clean > 9000, "most lines are clean")
 end)
 
+T.test("sql/schema.sql creates the same tables as the consumers", function()
+    local mysql = require "lproc.mysql"
+    local url = T.env("LPROC_TEST_MYSQL_URL")
+    assert(P.db():execute("CREATE DATABASE IF NOT EXISTS lproc_test"))
+    local other = assert(mysql.connect((url:gsub("/lproc$", "/lproc_test"))))
+    local f = assert(io.open("sql/schema.sql"))
+    local sql = f:read("a")
+    f:close()
+    for stmt in sql:gsub("%-%-[^\n]*", ""):gmatch("[^;]+") do
+        if stmt:find("%S") then assert(other:execute(stmt)) end
+    end
+    for _, t in ipairs({ "raw_log", "clean_log", "clean_log_reject" }) do
+        local a = assert(P.db():query("SHOW CREATE TABLE " .. t))[1]["Create Table"]
+        local b = assert(other:query("SHOW CREATE TABLE " .. t))[1]["Create Table"]
+        T.eq(a, b, t)
+        assert(other:execute("DROP TABLE " .. t))
+    end
+    other:close()
+end)
+
 T.test("running the producer again adds no row", function()
     produce(LOG)
     local lake, clean = consumers("--idle-exit 2")

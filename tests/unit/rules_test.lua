@@ -1,5 +1,5 @@
 -- rules_test.lua: lproc.rules, the face of the cleaning rules: formats, columns, the mapping
--- function, custom columns, user-agent rules, GeoIP, and the schema in sql/clean_log.sql.
+-- function, custom columns, user-agent rules, GeoIP, and the schema in sql/schema.sql.
 local ROOT = os.getenv("LPROC_ROOT") or "."
 package.path = ROOT .. "/scripts/lib/?.lua;" .. package.path
 local T = require "testing"
@@ -74,13 +74,13 @@ T.test("declaration errors point at the declaration", function()
         "rules: geoip.open: /nonexistent.mmdb: No such file or directory")
 end)
 
-T.test("columns: id first, custom last, and the same as sql/clean_log.sql", function()
+T.test("columns: id first, custom last, and the same as sql/schema.sql", function()
     local R = new()
     R:column("cache_status", "VARCHAR(16)", { index = true })
     local cols = R:columns()
     T.eq(cols[1], { name = "id", type = "CHAR(64)", null = false, custom = false, index = false })
     T.eq(cols[#cols], { name = "cache_status", type = "VARCHAR(16)", null = true, custom = true, index = true })
-    local f = assert(io.open(ROOT .. "/sql/clean_log.sql"))
+    local f = assert(io.open(ROOT .. "/sql/schema.sql"))
     local sql = f:read("a")
     f:close()
     local body = sql:match("CREATE TABLE IF NOT EXISTS clean_log (%b())")
