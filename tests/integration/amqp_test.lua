@@ -33,10 +33,11 @@ local function ready(c, q)
     return n
 end
 
--- Waits (a bounded time) until every seqno <= seq is confirmed; none may be nacked.
+-- Waits (30 s at most) until every seqno <= seq is confirmed; none may be nacked.
 local function wait_confirms(c, seq)
     local upto, nacked
-    for _ = 1, 20 do
+    local deadline = os.time() + 30
+    while os.time() < deadline do
         upto, nacked = c:confirms(1)
         T.ok(upto, nacked)
         T.eq(nacked, nil, "nacked")
@@ -317,6 +318,32 @@ T.test("confirms: 10k persistent messages through a window", function()
                       received = 0 })
     T.eq(ready(c, q), 10001)
     T.eq(c:queue_delete(q), 10001)
+end)
+
+T.test("confirms arriving out of order (mixed queue types)", function()
+    local c <close> = connect()
+    local qt = fresh_queue(c, "amqp-test-ooo-transient")
+    local qd = fresh_queue(c, "amqp-test-ooo-durable", { durable = true })
+    c:queue_delete("amqp-test-ooo-quorum")
+    local qq = assert(c:queue_declare("amqp-test-ooo-quorum",
+                                      { arguments = { ["x-queue-type"] = "quorum" } }))
+    assert(c:confirm_select())
+    local targets = { { qt, { persistent = false } }, { qd }, { qq } }
+    local prev = 0
+    for i = 1, 3000 do
+        local t = targets[i % 3 + 1]
+        T.eq(c:publish("", t[1], "m" .. i, t[2]), i)
+        if i % 100 == 0 then
+            local upto, nacked = c:confirms(0)
+            T.ok(upto >= prev and upto <= i, "upto " .. upto .. " after " .. i)
+            T.eq(nacked, nil)
+            prev = upto
+        end
+    end
+    T.eq(wait_confirms(c, 3000), 3000)
+    T.eq(c:stats(), { published = 3000, confirmed = 3000, nacked = 0, returned = 0, received = 0 })
+    T.eq({ ready(c, qt), ready(c, qd), ready(c, qq) }, { 1000, 1000, 1000 })
+    for _, q in ipairs({ qt, qd, qq }) do T.eq(c:queue_delete(q), 1000) end
 end)
 
 T.test("consume with prefetch and multiple ack; nack requeues; reject drops", function()
