@@ -751,6 +751,7 @@ static int on_channel0(conn *c, const amqp_frame_t *f)
     if (f->frame_type == AMQP_FRAME_METHOD
         && f->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)
         return conn_closed_by_broker(c, f->payload.method.decoded);
+    amqp_maybe_release_buffers_on_channel(c->st, 0);
     return EV_OTHER; /* connection.blocked / unblocked and the like */
 }
 

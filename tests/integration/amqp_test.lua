@@ -94,7 +94,8 @@ T.test("parse_url", function()
         { "amqp://h/%2", "bad percent-encoding or NUL byte" },
         { "amqp://h/%00", "bad percent-encoding or NUL byte" },
         { "amqp://h\0/", "NUL byte in the URL" },
-        { "amqp://h/v?heartbeat=5", "query strings and fragments are not supported (use the options table)" },
+        { "amqp://h/v?heartbeat=5",
+          "query strings and fragments are not supported (use the options table)" },
         { "amqp://::1/", "IPv6 addresses must be written in brackets" },
         { "amqp://[::1/", "bad IPv6 address" },
     }
@@ -110,8 +111,8 @@ T.test("connect failures", function()
          { nil, "amqp.connect: invalid URL: bad port" })
     local bad = URL:gsub(":[^:@]*@", ":wrong-secret@", 1)
     local c, err = amqp.connect(bad)
-    T.eq({ c, err }, { nil, "amqp.connect: " .. TARGET .. ": login refused (ACCESS_REFUSED) for user '"
-                            .. U.user .. "'" })
+    T.eq({ c, err }, { nil, "amqp.connect: " .. TARGET
+                            .. ": login refused (ACCESS_REFUSED) for user '" .. U.user .. "'" })
     T.ok(not err:find("wrong-secret", 1, true) and not err:find(PASSWORD, 1, true), "no password")
     T.eq({ amqp.connect((URL:gsub("/[^/]*$", "/nope"))) },
          { nil, "amqp.connect: " .. TARGET .. ": vhost 'nope' not found or not permitted" })
@@ -140,7 +141,8 @@ end)
 
 T.test("connection basics: tostring, is_open, close twice, closed handle raises", function()
     local c = connect({ name = "amqp_test", heartbeat = 10, timeout = 5, frame_max = 65536 })
-    T.eq(tostring(c), "amqp.connection (amqp://" .. U.user .. "@" .. TARGET .. "/" .. U.vhost .. ")")
+    T.eq(tostring(c),
+         "amqp.connection (amqp://" .. U.user .. "@" .. TARGET .. "/" .. U.vhost .. ")")
     T.ok(not tostring(c):find(PASSWORD, 1, true), "no password in tostring")
     T.eq(c:is_open(), true)
     T.eq(c:stats(), { published = 0, confirmed = 0, nacked = 0, returned = 0, received = 0 })
@@ -454,7 +456,8 @@ T.test("asynchronous channel error: reported by confirms(), unconfirmed seqnos n
     T.eq(c:publish("amqp-test-no-such-exchange", "k", "lost"), 2)
     local a, b, code = c:confirms(5)
     T.eq({ a, b, code }, { nil, "amqp.confirms: NOT_FOUND - no exchange "
-                               .. "'amqp-test-no-such-exchange' in vhost '" .. U.vhost .. "'", 404 })
+                               .. "'amqp-test-no-such-exchange' in vhost '" .. U.vhost .. "'",
+                           404 })
     T.eq({ c:confirms(0) }, { 2, { 2 } })
     T.eq({ c:confirms(0) }, { 2, nil })
     T.eq(c:stats(), { published = 2, confirmed = 1, nacked = 1, returned = 0, received = 0 })
@@ -531,7 +534,8 @@ T.test("amqps: certificate checks and TLS failures", function()
         .. "-newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=localhost "
         .. "-addext subjectAltName=DNS:localhost >/dev/null 2>&1"))
     assert(os.execute("cd " .. tmp .. " && { openssl s_server -accept 127.0.0.1:" .. port
-        .. " -cert cert.pem -key key.pem -quiet </dev/null >server.log 2>&1 & echo $! >server.pid; }"))
+        .. " -cert cert.pem -key key.pem -quiet </dev/null >server.log 2>&1 &"
+        .. " echo $! >server.pid; }"))
     local pidf = assert(io.open(tmp .. "/server.pid"))
     local pid = assert(tonumber(pidf:read("l")))
     pidf:close()
@@ -575,7 +579,8 @@ T.test("broker restart: connection lost, then a new connection works", function(
     end })
 
     T.eq({ consumer:receive(10) }, { nil, "amqp.receive: connection lost: CONNECTION_FORCED - "
-                                         .. "broker forced connection closure with reason 'shutdown'", 320 })
+                                         .. "broker forced connection closure with reason "
+                                         .. "'shutdown'", 320 })
     T.eq(consumer:is_open(), false)
     T.eq({ consumer:receive(0) }, { nil, "amqp.receive: connection is closed" })
     T.eq({ consumer:qos(1) }, { nil, "amqp.qos: connection is closed" })
