@@ -190,8 +190,8 @@ for (const [name, deps] of Object.entries(needs)) {
 
 // Volumes: named volumes for the servers' data; a read-only bind mount of the logs.
 const topVolumes = Object.keys(compose?.volumes ?? {}).sort();
-check('named volumes rabbitmq-data and mysql-data are declared', same(topVolumes,
-    ['mysql-data', 'rabbitmq-data']), topVolumes.join(', '));
+check('named volumes rabbitmq-data, mysql-data and producer-state are declared', same(topVolumes,
+    ['mysql-data', 'producer-state', 'rabbitmq-data']), topVolumes.join(', '));
 check('rabbitmq: /var/lib/rabbitmq on rabbitmq-data',
     (services.rabbitmq?.volumes ?? []).includes('rabbitmq-data:/var/lib/rabbitmq'));
 check('mysql: /var/lib/mysql on mysql-data',
@@ -203,7 +203,7 @@ check('producer: a host directory bind-mounted read-only on /logs',
 
 // The pipeline: one image built from docker/Dockerfile, its commands, its environment.
 const commands = {
-    producer: ['scripts/producer.lua', '--follow', '/logs/access.log'],
+    producer: ['scripts/producer.lua', '--follow', '--checkpoint', '/state/access.checkpoint', '/logs/access.log'],
     lake: ['scripts/lake.lua'], clean: ['scripts/clean.lua'],
 };
 for (const [name, cmd] of Object.entries(commands)) {
