@@ -5,6 +5,7 @@
 #   make check      run the test suite against private RabbitMQ and MariaDB servers
 #   make sanitize   the same suite under ASan + UBSan
 #   make valgrind   the same suite under valgrind
+#   make faults     20 randomised kill -9 trials per component
 #   make demo       the whole pipeline on private servers and a sample log (make demo-stop)
 
 PKGS     = lua5.4 librabbitmq libmariadb libpcre2-8 libcrypto libmaxminddb zlib
@@ -94,6 +95,10 @@ demo: deps
 
 demo-stop:
 	@scripts/demo.sh stop
+
+# Randomised kill -9 trials of every component (LPROC_FAULT_SEED=N replays a run).
+faults: all
+	LPROC_FAULT_TRIALS=$${LPROC_FAULT_TRIALS:-20} tests/run.sh faults_test
 
 clean:
 	rm -rf build lproc
