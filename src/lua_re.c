@@ -669,7 +669,8 @@ static const luaL_Reg re_funcs[] = {
 /* __gc of the shared match context. */
 static int jitctx_gc(lua_State *L)
 {
-    re_jitctx *j = luaL_checkudata(L, 1, RE_JITCTX);
+    /* Not luaL_checkudata: the registry key RE_JITCTX holds the instance, not the metatable. */
+    re_jitctx *j = lua_touserdata(L, 1);
     pcre2_match_context_free(j->mctx);
     pcre2_jit_stack_free(j->stack);
     j->mctx = NULL;
