@@ -202,6 +202,9 @@ local-infile = 1
 innodb-buffer-pool-size = 256M
 innodb-log-file-size = 256M
 max-allowed-packet = 64M
+# io_uring (native AIO) has been seen to leave a freshly installed ibdata1 unreadable on these
+# kernels ("header page consists of zero bytes"); the thread-based AIO is reliable.
+innodb-use-native-aio = 0
 character-set-server = utf8mb4
 collation-server = utf8mb4_unicode_ci
 ssl-ca = $BASE_DIR/tls/ca.pem
@@ -232,8 +235,13 @@ mdb_start() {   # mdb_start [fresh|resume]
         sleep 0.02
     done
     if [ -z "$ok" ]; then
+        mdb_stop
+        if [ "$mode" = fresh ] && [ -z "${MDB_RETRIED:-}" ]; then
+            log "mariadb failed to start; trying once more on a fresh data directory"
+            MDB_RETRIED=1 mdb_start fresh; return
+        fi
         log "mariadb failed to start; end of its log:"; tail -n 30 "$M/mysqld.err" "$M/stdout.log" >&2 || true
-        mdb_stop; return 1
+        return 1
     fi
     if [ "$mode" = fresh ] && ! mariadb --defaults-file="$M/my.cnf" -uroot <<EOF
 CREATE DATABASE IF NOT EXISTS \`$SRV_DB\`;
