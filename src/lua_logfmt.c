@@ -1720,7 +1720,8 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h * 0x9E3779B97F4A7C15ULL;
 }
 
-/* ip -> country_code, country, city: for each field, the first database that knows it.
+/* ip -> country_code, country, city: the country (code and name together) from the first
+ * database that knows the address's country, the city from the first that knows its city.
  * Merged answers are cached per engine (direct-mapped, keyed by the address text). */
 static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
 {
@@ -1746,11 +1747,9 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             break;
         if (rc == 0)
             continue;
-        if (m.country_code == NULL && g.country_code != NULL) {
+        if (m.country_code == NULL && g.country_code != NULL) {   /* code and name: one answer */
             m.country_code = g.country_code;
             m.country_code_len = g.country_code_len;
-        }
-        if (m.country == NULL && g.country != NULL) {
             m.country = g.country;
             m.country_len = g.country_len;
         }
@@ -1758,7 +1757,7 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             m.city = g.city;
             m.city_len = g.city_len;
         }
-        if (m.country_code != NULL && m.country != NULL && m.city != NULL)
+        if (m.country_code != NULL && m.city != NULL)
             break;
     }
     if (slot != NULL) {
