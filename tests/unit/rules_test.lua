@@ -262,4 +262,16 @@ T.test("max_line: a longer line is a reject, not parsed", function()
         "rules: max_line must be an integer from 1 to 16777216")
 end)
 
+T.test("scripts/clean.lua: combined and proxy mixed, and it compiles", function()
+    local real = package.loaded["lproc.clean"]
+    package.loaded["lproc.clean"] = { main = function(R) return R end }
+    local R = dofile(ROOT .. "/scripts/clean.lua")
+    package.loaded["lproc.clean"] = real
+    R.geoip = { TEST_DB }
+    R:compile()
+    T.eq(row(R, COMBINED_LINE).path, "/shop/cart")
+    T.eq(row(R, PROXY_LINE).session, "Z9Y8X7W6V5U4T3S")
+    T.eq(row(R, "junk"), "no format matches")
+end)
+
 T.done()
