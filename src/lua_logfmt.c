@@ -1898,15 +1898,27 @@ static const char *store_text(lua_State *L, engine *e, int c, const char *p, siz
         e->vals[c].kind = V_BOOL;
         e->vals[c].i = k;
         return NULL;
-    default:
+    default: {
+        const char *t = col->type == T_DATE ? NULL : col->type == T_TIME ? p : p + 11;
+        int y, mo, d;
         if (!has_shape(p, n, col->type == T_DATETIME ? "dddd-dd-dd dd:dd:dd"
                                 : col->type == T_DATE ? "dddd-dd-dd" : "dd:dd:dd"))
             return col->type == T_DATETIME ? "not a 'YYYY-MM-DD HH:MM:SS' text"
                    : col->type == T_DATE ? "not a 'YYYY-MM-DD' text" : "not a 'HH:MM:SS' text";
+        if (col->type != T_TIME) {
+            y = dig4(p);
+            mo = dig2(p + 5);
+            d = dig2(p + 8);
+            if (y < 1000 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo))
+                return "impossible date";
+        }
+        if (t != NULL && (dig2(t) > 23 || dig2(t + 3) > 59 || dig2(t + 6) > 59))
+            return "impossible time";
         s = scratch(L, e, n);
         memcpy(s, p, n);
         set_raw(e, c, s, n);
         return NULL;
+    }
     }
 }
 
