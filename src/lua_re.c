@@ -33,6 +33,7 @@
 #define RE_JITCTX "lproc.re.jitctx"         /* metatable, and registry key of the instance */
 #define RE_JIT_STACK_START (32 * 1024)
 #define RE_JIT_STACK_MAX (64 * 1024 * 1024)  /* address space; pages used as needed */
+#define RE_HEAP_LIMIT_KB (256 * 1024)        /* interpreter backtracking memory (PCRE2: 20 GB) */
 
 /* The match context and JIT stack shared by every regex of a Lua state (matches never
  * nest: callbacks run between matches). PCRE2's default 32 KB JIT stack is too small
@@ -701,8 +702,11 @@ static void jitctx_init(lua_State *L)
     lua_setmetatable(L, -2);
     j->mctx = pcre2_match_context_create(NULL);
     j->stack = pcre2_jit_stack_create(RE_JIT_STACK_START, RE_JIT_STACK_MAX, NULL);
-    if (j->mctx != NULL && j->stack != NULL)
-        pcre2_jit_stack_assign(j->mctx, NULL, j->stack);
+    if (j->mctx != NULL) {
+        pcre2_set_heap_limit(j->mctx, RE_HEAP_LIMIT_KB);
+        if (j->stack != NULL)
+            pcre2_jit_stack_assign(j->mctx, NULL, j->stack);
+    }
     lua_setfield(L, LUA_REGISTRYINDEX, RE_JITCTX);
 }
 

@@ -92,8 +92,9 @@ static void dirname_of(const char *path, char *buf, size_t size)
     }
 }
 
-/* Prepends the script's lib/ directory, the executable's scripts/lib/ and
- * $LPROC_LIB (if set) to package.path. */
+/* Prepends $LPROC_LIB (if set), the script's lib/ directory and lproc's own Lua library to
+ * package.path. The library is found next to the executable: scripts/lib/ in the source tree
+ * (the binary is build/lproc, ./lproc links to it), or ../share/lproc/lib once installed. */
 static void set_path(lua_State *L, const char *script)
 {
     char sdir[PATH_MAX], exe[PATH_MAX], edir[PATH_MAX];
@@ -114,7 +115,8 @@ static void set_path(lua_State *L, const char *script)
         luaL_addstring(&b, extra);
         luaL_addstring(&b, "/?.lua;");
     }
-    lua_pushfstring(L, "%s/lib/?.lua;%s/scripts/lib/?.lua;", sdir, edir);
+    lua_pushfstring(L, "%s/lib/?.lua;%s/../scripts/lib/?.lua;%s/scripts/lib/?.lua;"
+                    "%s/../share/lproc/lib/?.lua;", sdir, edir, edir, edir);
     luaL_addvalue(&b);
     lua_getfield(L, -2, "path");
     luaL_addvalue(&b);

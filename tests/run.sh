@@ -29,6 +29,7 @@ unset LPROC_AMQP_URL LPROC_MYSQL_URL LPROC_GEOIP_DB RABBIT_USER RABBIT_PASSWORD 
 tests/servers.sh start all || { echo "tests: could not start the test servers" >&2; exit 1; }
 eval "$(tests/servers.sh env | grep '^export LPROC_')"
 export LPROC_TEST_AMQP_URL=$LPROC_AMQP_URL LPROC_TEST_MYSQL_URL=$LPROC_MYSQL_URL
+export LPROC_TEST_AMQPS_URL=$LPROC_AMQPS_URL LPROC_TEST_TLS_CA=$LPROC_TLS_CA
 
 if [ -f tests/mkmmdb.pl ]; then
     perl tests/mkmmdb.pl "$tmp/test.mmdb" || { echo "tests: could not build the test GeoIP database" >&2; exit 1; }

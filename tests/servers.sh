@@ -27,6 +27,7 @@ RMQ_PORT=$((PB + 2))
 RMQ_DIST_PORT=$((PB + 3))
 EPMD_PORT=$((PB + 4))
 MDB_PORT=$((PB + 6))
+RMQ_TLS_PORT=$((PB + 5))
 RMQ_CTL_DIST_PORT=$((PB + 10))   # CLI tools use PB+10 .. PB+20
 RMQ_NODE=lproc$PB@localhost
 SRV_USER=${LPROC_SRV_USER:-lproc}
@@ -93,8 +94,28 @@ export PATH=$RMQ_BIN:\$PATH
 EOF
 }
 
+# A private CA and a server certificate for localhost / 127.0.0.1, shared by both servers, so
+# the TLS paths (amqps://, MySQL ssl-mode) are tested on loopback.
+make_certs() {
+    local C=$BASE_DIR/tls
+    [ -f "$C/server.pem" ] && return 0
+    mkdir -p "$C"
+    (
+        cd "$C" || exit 1
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj "/CN=lproc test CA" -keyout ca.key -out ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout server.key -out server.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile ext.cnf -out server.pem
+        chmod 644 server.key
+    ) > "$BASE_DIR/tls.log" 2>&1 || { log "making test certificates failed"; cat "$BASE_DIR/tls.log" >&2; return 1; }
+}
+
 rmq_configure() {   # fresh directory and configuration
     rm -rf "$R"; mkdir -p "$R/mnesia" "$R/log"
+    make_certs || return 1
     cat > "$R/rabbitmq.conf" <<EOF
 listeners.tcp.1 = 127.0.0.1:$RMQ_PORT
 default_vhost = $RMQ_VHOST
@@ -108,6 +129,12 @@ loopback_users = none
 log.console = false
 log.file.level = warning
 disk_free_limit.absolute = 50MB
+listeners.ssl.1 = 127.0.0.1:$RMQ_TLS_PORT
+ssl_options.cacertfile = $BASE_DIR/tls/ca.pem
+ssl_options.certfile = $BASE_DIR/tls/server.pem
+ssl_options.keyfile = $BASE_DIR/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 EOF
     echo '[].' > "$R/enabled_plugins"
     echo '[].' > "$R/advanced.config"
@@ -119,7 +146,7 @@ EOF
 rmq_launch() {   # non-blocking part of the start
     need epmd rabbitmq-server rabbitmqctl
     if alive "$(readpid "$R/rabbit.pid")" beam.smp; then log "rabbitmq already running"; return 0; fi
-    local p; for p in "$RMQ_PORT" "$RMQ_DIST_PORT" "$EPMD_PORT"; do
+    local p; for p in "$RMQ_PORT" "$RMQ_TLS_PORT" "$RMQ_DIST_PORT" "$EPMD_PORT"; do
         if port_busy "$p"; then
             echo "servers: port 127.0.0.1:$p is already in use; set LPROC_PORT_BASE to another value" >&2
             return 1
@@ -156,6 +183,7 @@ mdb_configure() {
     local useropt=
     [ "$(id -u)" = 0 ] && useropt=--user=root
     rm -rf "$M"; mkdir -p "$M"
+    make_certs || return 1
     cat > "$M/my.cnf" <<EOF
 [client]
 socket = $M/mysqld.sock
@@ -176,6 +204,9 @@ innodb-log-file-size = 256M
 max-allowed-packet = 64M
 character-set-server = utf8mb4
 collation-server = utf8mb4_unicode_ci
+ssl-ca = $BASE_DIR/tls/ca.pem
+ssl-cert = $BASE_DIR/tls/server.pem
+ssl-key = $BASE_DIR/tls/server.key
 EOF
     mariadb-install-db --defaults-file="$M/my.cnf" $useropt --auth-root-authentication-method=normal \
         --skip-test-db --skip-name-resolve > "$M/install-db.log" 2>&1 \
@@ -232,6 +263,8 @@ urls() {
     echo "export LPROC_AMQP_URL='amqp://$SRV_USER:$SRV_PASS@127.0.0.1:$RMQ_PORT/$RMQ_VHOST'"
     echo "export LPROC_MYSQL_URL='mysql://$SRV_USER:$SRV_PASS@127.0.0.1:$MDB_PORT/$SRV_DB'"
     echo "export LPROC_MYSQL_ROOT_CNF='$M/my.cnf'"
+    echo "export LPROC_AMQPS_URL='amqps://$SRV_USER:$SRV_PASS@localhost:$RMQ_TLS_PORT/$RMQ_VHOST'"
+    echo "export LPROC_TLS_CA='$BASE_DIR/tls/ca.pem'"
     echo "export LPROC_SRV_DIR='$BASE_DIR' LPROC_PORT_BASE='$PB'"
 }
 

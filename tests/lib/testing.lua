@@ -104,7 +104,7 @@ end
 function T.done()
     io.stdout:write(string.format("%d passed, %d failed\n", passed, failed))
     io.stdout:flush()
-    os.exit(failed == 0 and 0 or 1)
+    os.exit(failed == 0 and 0 or 1, true)
 end
 
 return T
