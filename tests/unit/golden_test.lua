@@ -118,4 +118,18 @@ T.test("CRLF and LF files give the same rows", function()
     T.eq(R:json(lines[1] .. "\r", "i"), R:json(lines[1], "i"), "a stray CR at the end of a line is ignored")
 end)
 
+T.test("the dry-run of scripts/clean.lua prints the same objects", function()
+    local lproc = os.getenv("LPROC") or "./lproc"
+    for _, name in ipairs({ "combined", "proxy", "edge" }) do
+        local src = "tests/cases/" .. name .. ".log"
+        local p = assert(io.popen(string.format("cd '%s' && LPROC_GEOIP_DB='%s:%s' %s scripts/clean.lua --dry-run %s --source %s 2>&1",
+            ROOT, TEST_DB, COUNTRY_DB, lproc, src, src)))
+        local out = p:read("a")
+        T.ok(p:close(), "dry-run exit status: " .. out:sub(1, 300))
+        local f = assert(io.open(CASES .. name .. ".jsonl", "rb"))
+        T.eq(out, f:read("a"), name)
+        f:close()
+    end
+end)
+
 T.done()
