@@ -1720,7 +1720,8 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h * 0x9E3779B97F4A7C15ULL;
 }
 
-/* ip -> country_code, country, city: for each field, the first database that knows it.
+/* ip -> country_code, country, city: the country (code and name together) from the first
+ * database that knows the address's country, the city from the first that knows its city.
  * Merged answers are cached per engine (direct-mapped, keyed by the address text). */
 static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
 {
@@ -1746,11 +1747,9 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             break;
         if (rc == 0)
             continue;
-        if (m.country_code == NULL && g.country_code != NULL) {
+        if (m.country_code == NULL && g.country_code != NULL) {   /* code and name: one answer */
             m.country_code = g.country_code;
             m.country_code_len = g.country_code_len;
-        }
-        if (m.country == NULL && g.country != NULL) {
             m.country = g.country;
             m.country_len = g.country_len;
         }
@@ -1758,7 +1757,7 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             m.city = g.city;
             m.city_len = g.city_len;
         }
-        if (m.country_code != NULL && m.country != NULL && m.city != NULL)
+        if (m.country_code != NULL && m.city != NULL)
             break;
     }
     if (slot != NULL) {
@@ -1899,15 +1898,27 @@ static const char *store_text(lua_State *L, engine *e, int c, const char *p, siz
         e->vals[c].kind = V_BOOL;
         e->vals[c].i = k;
         return NULL;
-    default:
+    default: {
+        const char *t = col->type == T_DATE ? NULL : col->type == T_TIME ? p : p + 11;
+        int y, mo, d;
         if (!has_shape(p, n, col->type == T_DATETIME ? "dddd-dd-dd dd:dd:dd"
                                 : col->type == T_DATE ? "dddd-dd-dd" : "dd:dd:dd"))
             return col->type == T_DATETIME ? "not a 'YYYY-MM-DD HH:MM:SS' text"
                    : col->type == T_DATE ? "not a 'YYYY-MM-DD' text" : "not a 'HH:MM:SS' text";
+        if (col->type != T_TIME) {
+            y = dig4(p);
+            mo = dig2(p + 5);
+            d = dig2(p + 8);
+            if (y < 1000 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo))
+                return "impossible date";
+        }
+        if (t != NULL && (dig2(t) > 23 || dig2(t + 3) > 59 || dig2(t + 6) > 59))
+            return "impossible time";
         s = scratch(L, e, n);
         memcpy(s, p, n);
         set_raw(e, c, s, n);
         return NULL;
+    }
     }
 }
 
