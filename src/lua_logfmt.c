@@ -480,7 +480,7 @@ typedef struct column {
     int prec, scale;        /* T_DEC */
 } column;
 
-/* The standard clean_log columns, in order (sql/clean_log.sql declares the same). */
+/* The standard clean_log columns, in order (sql/schema.sql declares the same). */
 enum {
     C_ID, C_TIMESTAMP, C_YEAR, C_MONTH, C_DAY, C_DOW, C_TIME, C_IP, C_COUNTRY, C_COUNTRY_CODE,
     C_CITY, C_SESSION, C_USER, C_IS_EMAIL, C_EMAIL_DOMAIN, C_METHOD, C_URL, C_SCHEMA, C_HOST,

@@ -1,4 +1,4 @@
--- clean_sql_test.lua: sql/clean_log.sql on the real MariaDB, and every value R:process gives
+-- clean_sql_test.lua: sql/schema.sql on the real MariaDB, and every value R:process gives
 -- for the golden lines (plus oversized and junk values) accepted by it in strict mode and read
 -- back unchanged. Uses the mariadb client with the test server's root configuration, in a
 -- database of its own.
@@ -50,9 +50,9 @@ local function build(max_line)
     return R:compile()
 end
 
-T.test("sql/clean_log.sql creates the tables, twice without harm", function()
+T.test("sql/schema.sql creates the tables, twice without harm", function()
     sql("DROP DATABASE IF EXISTS " .. DB .. "; CREATE DATABASE " .. DB .. " CHARACTER SET utf8mb4;")
-    local f = assert(io.open(ROOT .. "/sql/clean_log.sql"))
+    local f = assert(io.open(ROOT .. "/sql/schema.sql"))
     local ddl = f:read("a")
     f:close()
     sql(ddl, DB)
