@@ -195,8 +195,12 @@ end
 
 -- P.servers(cmd, which): tests/servers.sh stop|resume|kill rabbitmq|mariadb
 function P.servers(cmd, which)
-    local ok = sh(string.format("tests/servers.sh %s %s > %s/servers.log 2>&1", cmd, which, P.tmp))
-    assert(ok, "tests/servers.sh " .. cmd .. " " .. which .. " failed")
+    local log = P.tmp .. "/servers.log"
+    local ok = sh(string.format("tests/servers.sh %s %s > %s 2>&1", cmd, which, log))
+    if not ok then
+        local f = io.open(log)
+        error("tests/servers.sh " .. cmd .. " " .. which .. " failed:\n" .. (f and f:read("a") or ""), 2)
+    end
     if which == "mariadb" then db = nil end
 end
 
