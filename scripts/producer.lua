@@ -71,10 +71,10 @@ for i, f in ipairs(files) do
     if not src then src = f == "-" and "stdin" or sys.realpath(f) end
     if not src then
         local _, err = sys.realpath(f)
-        util.die(NAME, "%s", (err:gsub("^sys%.realpath", "cannot read")))
+        util.die(NAME, "%s", (err:gsub("^sys%.realpath:", "cannot read")))
     end
     local r, err = reader.open(f, { max_line = MAX_LINE })
-    if not r then util.die(NAME, "%s", (err:gsub("^reader%.open", "cannot read"))) end
+    if not r then util.die(NAME, "%s", (err:gsub("^reader%.open:", "cannot read"))) end
     inputs[i] = { path = f, source = src, reader = r }
 end
 

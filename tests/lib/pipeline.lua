@@ -11,7 +11,7 @@ local util = require "lproc.util"
 local P = {}
 
 P.tmp = T.env("LPROC_TEST_TMP")
-P.lproc = os.getenv("LPROC") or "./lproc"
+P.lproc = sys.realpath(os.getenv("LPROC") or "./lproc")
 P.wrap = os.getenv("LPROC_WRAP") or ""
 
 local function sh(cmd)
