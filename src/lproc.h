@@ -23,6 +23,9 @@
 void lproc_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
                     lua_CFunction close, lua_CFunction tostring);
 
+/* 1 when regexes must not be JIT-compiled (LPROC_RE_NOJIT, for valgrind). */
+int lproc_nojit(void);
+
 /* ---- sha256 (lua_sha256.c) ---- */
 
 /* A piece of input for lproc_sha256_hex. */

@@ -353,7 +353,8 @@ static int format_compile(format *f, const char *src, size_t len, char *err, siz
         format_free(f);
         return -1;
     }
-    pcre2_jit_compile(f->code, PCRE2_JIT_COMPLETE);   /* falls back to the interpreter */
+    if (!lproc_nojit())
+        pcre2_jit_compile(f->code, PCRE2_JIT_COMPLETE);   /* falls back to the interpreter */
     return 0;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -2897,7 +2898,8 @@ static void build_ua(lua_State *L, engine *e)
                     luaL_error(L, "logfmt.engine: ua.%s[%d]: bad pattern: %s at offset %d",
                                ua_kinds[k], i + 1, msg, (int)eo);
                 }
-                pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);
+                if (!lproc_nojit())
+                    pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);
             }
             lua_pop(L, 1);
         }

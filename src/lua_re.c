@@ -684,7 +684,6 @@ static int jitctx_gc(lua_State *L)
  * which valgrind reports. */
 static void jitctx_init(lua_State *L)
 {
-    const char *nojit;
     re_jitctx *j;
 
     if (lua_getfield(L, LUA_REGISTRYINDEX, RE_JITCTX) != LUA_TNIL) {
@@ -695,8 +694,7 @@ static void jitctx_init(lua_State *L)
     j = lua_newuserdatauv(L, sizeof *j, 0);
     j->mctx = NULL;
     j->stack = NULL;
-    nojit = getenv("LPROC_RE_NOJIT");
-    j->nojit = nojit != NULL && *nojit != '\0' && strcmp(nojit, "0") != 0;
+    j->nojit = lproc_nojit();
     luaL_newmetatable(L, RE_JITCTX);
     lua_pushcfunction(L, jitctx_gc);
     lua_setfield(L, -2, "__gc");
