@@ -83,7 +83,7 @@ sanitize:
 	ASAN_OPTIONS=detect_leaks=1 LPROC=build/asan/lproc tests/run.sh
 
 valgrind: all
-	LPROC_RE_NOJIT=1 LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite' tests/run.sh
+	LPROC_RE_NOJIT=1 LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite' tests/run.sh
 
 build/ceiling: bench/ceiling.c | check-deps
 	@mkdir -p build

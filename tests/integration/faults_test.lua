@@ -29,7 +29,13 @@ local function trial(component, k)
         clean = P.spawn(CLEAN, "clean"),
         producer = P.spawn(PRODUCER, "producer"),
     }
-    local delay = 0.3 + math.random() * 2.5
+    -- Strike once the pipeline runs (a server that is down at start-up is a different case:
+    -- a bounded wait, then an error, tested in cli_test).
+    T.ok(P.wait_until(function()
+        local ok, n = pcall(P.count, "SELECT COUNT(*) FROM raw_log")
+        return ok and n > 0
+    end, 120), component .. " trial " .. k .. ": the pipeline started")
+    local delay = math.random() * 2
     local down = 0.2 + math.random() * 1.5
     sys.sleep(delay)
     local what = string.format("%s trial %d: kill -9 after %.2f s, down %.2f s", component, k, delay, down)
