@@ -47,7 +47,7 @@ local seq = 0
 -- after the binary (a string, already shell-quoted where needed).
 function P.spawn(args, name)
     seq = seq + 1
-    local base = string.format("%s/%s-%d", P.tmp, name or "proc", seq)
+    local base = string.format("%s/%s-%d-%d", P.tmp, name or "proc", sys.getpid(), seq)
     local p = { log = base .. ".log", rcfile = base .. ".rc", name = name }
     os.remove(p.rcfile)
     local cmd = string.format("(%s %s %s >> %s 2>&1; echo $? > %s) < /dev/null > /dev/null 2>&1 & echo $!",
