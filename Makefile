@@ -82,8 +82,9 @@ sanitize:
 	$(MAKE) $(COUNTRY_DB)
 	ASAN_OPTIONS=detect_leaks=1 LPROC=build/asan/lproc tests/run.sh
 
+# VALGRIND_TESTS: test file names to run (default: all).
 valgrind: all
-	LPROC_RE_NOJIT=1 LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite' tests/run.sh
+	LPROC_RE_NOJIT=1 LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite' tests/run.sh $(VALGRIND_TESTS)
 
 build/ceiling: bench/ceiling.c | check-deps
 	@mkdir -p build
