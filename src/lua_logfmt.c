@@ -2705,9 +2705,11 @@ static const char *entry_string(lua_State *L, int k, const char *field, size_t *
 /* Compiles the formats of opts.formats ({{name=, format=}...}) and the variable tables. */
 static void build_formats(lua_State *L, engine *e)
 {
-    int i, n, j, v;
+    int i, n = 0, j, v;
     char err[300];
-    if (lua_getfield(L, 1, "formats") != LUA_TTABLE || (n = (int)lua_rawlen(L, -1)) == 0)
+    if (lua_getfield(L, 1, "formats") == LUA_TTABLE)
+        n = (int)lua_rawlen(L, -1);
+    if (n == 0)
         luaL_error(L, "logfmt.engine: formats must be a non-empty array of {name=, format=}");
     e->formats = calloc((size_t)n, sizeof *e->formats);
     e->varnames = calloc((size_t)n * MAX_VARS, sizeof *e->varnames);
