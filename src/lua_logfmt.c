@@ -119,6 +119,11 @@ static const known_var known_vars[] = {
     {NULL, 0, 0},
 };
 
+/* An address followed by a byte that can be part of one (e.g. ':' in "$remote_addr:$remote_port")
+ * must be able to give bytes back: there it is not possessive. */
+#define ADDR_CHARS "0123456789ABCDEFabcdef:."
+#define ADDR_BACKTRACK "[0-9A-Fa-f:.]+"
+
 static const char *const class_patterns[] = {
     [P_ADDR] = "[0-9A-Fa-f:.]++",
     [P_TIME_LOCAL] = "\\d\\d/[A-Za-z]{3}/\\d{4}:\\d\\d:\\d\\d:\\d\\d [+-]\\d{4}",
@@ -334,6 +339,8 @@ static int format_compile(format *f, const char *src, size_t len, char *err, siz
             goto oom;
         if (k == NULL || k->cls == P_TEXT)
             rc = text_pattern(&b, prev, next);
+        else if (k->cls == P_ADDR && next >= 0 && strchr(ADDR_CHARS, next) != NULL && next != 0)
+            rc = buf_adds(&b, ADDR_BACKTRACK);   /* $remote_addr:$remote_port */
         else
             rc = buf_adds(&b, class_patterns[k->cls]);
         if (rc < 0 || buf_adds(&b, ")") < 0)

@@ -65,6 +65,15 @@ T.test("a text variable's sub-pattern depends on its delimiters", function()
     for _, c in ipairs(cases) do T.eq(logfmt.compile(c[1]):pattern(), c[2], c[1]) end
 end)
 
+T.test("an address followed by ':' or '.' gives bytes back ($remote_addr:$remote_port)", function()
+    T.eq(logfmt.compile("$remote_addr:$remote_port"):pattern(), [[([0-9A-Fa-f:.]+):(\d++|-)]])
+    T.eq(logfmt.compile("$server_addr."):pattern(), [[([0-9A-Fa-f:.]+)\.]])
+    local f = logfmt.compile("$remote_addr:$remote_port $server_addr:$server_port")
+    T.eq(f:match("203.0.113.9:51234 2001:db8::1:443"),
+        { remote_addr = "203.0.113.9", remote_port = "51234", server_addr = "2001:db8::1", server_port = "443" })
+    T.eq(f:match("203.0.113.9: 1.2.3.4:5"), nil, "a port is required")
+end)
+
 T.test("match returns every variable by name; the first occurrence wins", function()
     local f = logfmt.compile(COMBINED)
     local line = [[203.0.113.9 - alice [01/Nov/2022:00:00:00 -0500] "GET /a?b=1 HTTP/1.1" 200 7259 "-" "UA \x22q\x22 \"r\" \\ end"]]
