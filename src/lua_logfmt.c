@@ -11,6 +11,7 @@
  *   e:process(line, id) -> true, v1, ..., vN | false, reason
  *   e:json(line, id)    -> one JSON object (no newline)
  *   e:bind(name)        -> function(self, line, id): e:process / e:json with the engine bound
+ *   e:parse_url(target [, connect]) -> schema, host, port, path, query, rest_session
  *   e:columns(), e:stats(), e:close()
  *
  * A format compiles into one anchored PCRE2 (JIT) pattern with one numbered group per variable
@@ -2474,6 +2475,28 @@ static int e_bind(lua_State *L)
     return 1;
 }
 
+/* engine:parse_url(target [, connect]) -> schema, host, port, path, query, rest_session
+ * The split of a request target exactly as a line's $request gets it (connect: the method is
+ * CONNECT, so an authority-form target is host:port); values cleaned and cut like the columns,
+ * nil for NULL. For tests and tools; not callable from the mapping function. */
+static int e_parse_url(lua_State *L)
+{
+    static const int cols[] = {C_SCHEMA, C_HOST, C_PORT, C_PATH, C_QUERY, C_REST_SESSION};
+    engine *e = check_engine(L, 1, "parse_url");
+    size_t n, i;
+    const char *u = luaL_checklstring(L, 2, &n);
+    int connect = lua_toboolean(L, 3);
+    if (e->in_map)
+        return luaL_error(L, "logfmt.parse_url: called from the mapping function");
+    arena_reset(&e->arena);
+    for (i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        e->vals[cols[i]].kind = V_NULL;
+    parse_url(L, e, u, n, connect);
+    for (i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        push_value(L, &e->vals[cols[i]], 1);
+    return (int)(sizeof cols / sizeof cols[0]);
+}
+
 /* engine:columns() -> {{name=, type=, null=, custom=}...}: all columns in order */
 static int e_columns(lua_State *L)
 {
@@ -3036,6 +3059,7 @@ int luaopen_lproc_logfmt(lua_State *L)
         {"process", e_process},
         {"json", e_json},
         {"bind", e_bind},
+        {"parse_url", e_parse_url},
         {"columns", e_columns},
         {"stats", e_stats},
         {"close", e_close},

@@ -249,6 +249,33 @@ T.test("times: offsets, day and year boundaries, leap days, impossible dates", f
     T.eq(t("msec=99999999999999"), "date out of range in $msec (99999999999999)")
 end)
 
+T.test("parse_url: the URL split of a request target, as lines get it", function()
+    local e = engine()
+    local function url(target, connect) return table.pack(e:parse_url(target, connect)) end
+    local function want(...) return table.pack(...) end
+    T.eq(url("HTTP://User:pw@EXample.COM:8080/a;jsessionid=XYZ/b?q=1&sid=2#frag"),
+        want("http", "example.com", 8080, "/a;jsessionid=XYZ/b", "q=1&sid=2", "XYZ"))
+    T.eq(url("/p?phpsessid=Q%20"), want(nil, nil, nil, "/p", "phpsessid=Q%20", "Q%20"))
+    T.eq(url("http://[2001:DB8::1]:443"), want("http", "2001:db8::1", 443, nil, nil, nil))
+    T.eq(url("http://h:65536/x"), want("http", nil, nil, "/x", nil, nil), "a port out of range")
+    T.eq(url("*"), want(nil, nil, nil, "*", nil, nil))
+    T.eq(url("example.com:443"), want(nil, nil, nil, nil, nil, nil), "authority form without CONNECT")
+    T.eq(url("example.com:443", true), want(nil, "example.com", 443, nil, nil, nil))
+    T.eq(url("/\255\0?\27[2J"), want(nil, nil, nil, "/\u{FFFD}\u{FFFD}", "\u{FFFD}[2J", nil))
+    T.eq(url(""), want(nil, nil, nil, nil, nil, nil))
+    local line = [[1.2.3.4 - - [01/Nov/2022:00:00:00 -0500] "GET /a?sid=9 HTTP/1.1" 200 1 "-" "-"]]
+    T.eq(e:parse_url("/a?sid=9"), nil)
+    local r = table.pack(e:process(line, "i"))
+    T.eq({ r[22], r[23], r[24] }, { "/a", "sid=9", "9" }, "path, query and rest_session of the line")
+    T.eq(errmsg(function() e:parse_url({}) end), "bad argument #1 to 'parse_url' (string expected, got table)")
+    local m
+    m = engine{ map = function() m:parse_url("/") end }
+    T.eq((select(2, m:process(line, "i")):gsub("^map error: [^:]+:%d+: ", "")),
+        "logfmt.parse_url: called from the mapping function")
+    m:close()
+    T.eq(errmsg(function() m:parse_url("/") end), "logfmt.parse_url: engine is closed")
+end)
+
 T.test("a closed engine refuses every method; close twice is fine", function()
     local e = engine()
     e:close()
