@@ -1568,12 +1568,14 @@ static int is_protocol(const char *p, size_t n)
  * "METHOD TARGET PROTOCOL" keeps url = the request as logged and the rest NULL. */
 static void do_request(lua_State *L, engine *e, const char *p, size_t n)
 {
-    const char *sp1 = memchr(p, ' ', n), *sp2 = p + n;
-    size_t i;
-    while (sp2 > p && sp2[-1] != ' ')
-        sp2--;
-    sp2--;                                      /* the last space, or p - 1 */
-    if (sp1 != NULL && sp2 > sp1 + 1 && sp1 > p && is_protocol(sp2 + 1, (size_t)(p + n - sp2 - 1))) {
+    const char *sp1 = memchr(p, ' ', n), *sp2 = NULL;
+    size_t i = n;
+    while (i > 0 && p[i - 1] != ' ')
+        i--;
+    if (i > 0)
+        sp2 = p + i - 1;                        /* the last space (p - 1 would be out of bounds) */
+    if (sp1 != NULL && sp2 != NULL && sp2 > sp1 + 1 && sp1 > p
+        && is_protocol(sp2 + 1, (size_t)(p + n - sp2 - 1))) {
         for (i = 0; p + i < sp1 && is_tchar((unsigned char)p[i]); i++)
             ;
         if (p + i == sp1) {
