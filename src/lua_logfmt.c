@@ -877,11 +877,18 @@ typedef struct ua_entry {
     short rule[N_UA];       /* index of the matching rule, -1 none */
 } ua_entry;
 
-/* A GeoIP answer merged over the databases, cached per engine by address text. */
+/* A GeoIP answer merged over the databases, cached per engine by address text. The names are
+ * copies: a database may be closed while the engine lives, and its memory goes with it. */
+#define GEO_NAME_MAX 96         /* longer names are not cached */
+enum { GEO_CC = 1, GEO_COUNTRY = 2, GEO_CITY = 4 };
 typedef struct geo_entry {
     char ip[46];
     unsigned char len;      /* 0: empty slot */
-    lproc_geo g;
+    unsigned char has;      /* GEO_* of the fields present */
+    unsigned char cclen, countrylen, citylen;
+    char cc[8];
+    char country[GEO_NAME_MAX];
+    char city[GEO_NAME_MAX];
 } geo_entry;
 
 #define DEFAULT_GEO_CACHE 16384
@@ -1730,9 +1737,25 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h * 0x9E3779B97F4A7C15ULL;
 }
 
+/* Copies one field of an answer into a cache slot. Returns 0, or -1 when it does not fit. */
+static int geo_keep(char *dst, size_t cap, unsigned char *dlen, unsigned char *has, int flag,
+                    const char *p, size_t n)
+{
+    if (p == NULL)
+        return 0;
+    if (n > cap)
+        return -1;
+    memcpy(dst, p, n);
+    *dlen = (unsigned char)n;
+    *has |= (unsigned char)flag;
+    return 0;
+}
+
 /* ip -> country_code, country, city: the country (code and name together) from the first
  * database that knows the address's country, the city from the first that knows its city.
- * Merged answers are cached per engine (direct-mapped, keyed by the address text). */
+ * Merged answers are cached per engine (direct-mapped, keyed by the address text). Values are
+ * copied into the line's arena: nothing refers to a database's memory once this returns (the
+ * mapping function may close a database). */
 static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
 {
     lproc_geo m;
@@ -1740,16 +1763,27 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
     int i;
     if (e->ngeo == 0)
         return;
+    memset(&m, 0, sizeof m);
     if (e->geocache_n > 0 && n < sizeof slot->ip) {
         slot = &e->geocache[hash_bytes(ip, n) & (e->geocache_n - 1)];
         if (slot->len == n && memcmp(slot->ip, ip, n) == 0) {
             e->geo_hits++;
-            m = slot->g;
+            if (slot->has & GEO_CC) {
+                m.country_code = slot->cc;
+                m.country_code_len = slot->cclen;
+            }
+            if (slot->has & GEO_COUNTRY) {
+                m.country = slot->country;
+                m.country_len = slot->countrylen;
+            }
+            if (slot->has & GEO_CITY) {
+                m.city = slot->city;
+                m.city_len = slot->citylen;
+            }
             goto found;
         }
     }
     e->geo_misses++;
-    memset(&m, 0, sizeof m);
     for (i = 0; i < e->ngeo; i++) {
         lproc_geo g;
         int rc = lproc_geoip_find(e->geo[i], ip, n, &g);
@@ -1771,17 +1805,25 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             break;
     }
     if (slot != NULL) {
-        memcpy(slot->ip, ip, n);
-        slot->len = (unsigned char)n;
-        slot->g = m;
+        slot->len = 0;
+        slot->has = 0;
+        if (geo_keep(slot->cc, sizeof slot->cc, &slot->cclen, &slot->has, GEO_CC,
+                     m.country_code, m.country_code_len) == 0
+            && geo_keep(slot->country, sizeof slot->country, &slot->countrylen, &slot->has,
+                        GEO_COUNTRY, m.country, m.country_len) == 0
+            && geo_keep(slot->city, sizeof slot->city, &slot->citylen, &slot->has, GEO_CITY,
+                        m.city, m.city_len) == 0) {
+            memcpy(slot->ip, ip, n);
+            slot->len = (unsigned char)n;
+        }
     }
 found:
     if (m.country_code != NULL)
-        set_text(L, e, C_COUNTRY_CODE, m.country_code, m.country_code_len, 0);
+        set_text(L, e, C_COUNTRY_CODE, m.country_code, m.country_code_len, TX_COPY);
     if (m.country != NULL)
-        set_text(L, e, C_COUNTRY, m.country, m.country_len, 0);
+        set_text(L, e, C_COUNTRY, m.country, m.country_len, TX_COPY);
     if (m.city != NULL)
-        set_text(L, e, C_CITY, m.city, m.city_len, 0);
+        set_text(L, e, C_CITY, m.city, m.city_len, TX_COPY);
 }
 
 /* user_agent -> browser, os, device (first matching rule of each list; device defaults to

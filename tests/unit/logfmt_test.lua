@@ -276,6 +276,24 @@ T.test("parse_url: the URL split of a request target, as lines get it", function
     T.eq(errmsg(function() m:parse_url("/") end), "logfmt.parse_url: engine is closed")
 end)
 
+T.test("a GeoIP database closed under a live engine: answers stay, nothing dangles", function()
+    local db = assert(require("lproc.geoip").open((os.getenv("LPROC_ROOT") or ".") .. "/build/country.mmdb"))
+    local e = logfmt.engine{ formats = { { name = "ip", format = "$remote_addr $status" } }, geoip = { db } }
+    local function geo(line)
+        local r = table.pack(e:process(line, "i"))
+        return { r[10], r[11], r[12] }      -- country, country_code, city
+    end
+    T.eq(geo("8.8.8.8 200"), { "United States", "US", nil })
+    db:close()
+    T.eq(geo("8.8.8.8 200"), { "United States", "US", nil }, "the engine's cached answer")
+    T.eq(geo("1.1.1.1 200"), { nil, nil, nil }, "a closed database knows nothing")
+    db = assert(require("lproc.geoip").open((os.getenv("LPROC_ROOT") or ".") .. "/build/country.mmdb"))
+    local m = logfmt.engine{ formats = { { name = "ip", format = "$remote_addr $status" } }, geoip = { db },
+                             map = function(rec) db:close(); collectgarbage() end }
+    T.eq(m:json("9.9.9.9 200", "i"):match('"country":"[^"]*","country_code":"[^"]*"'),
+        '"country":"United States","country_code":"US"', "closed by the mapping function")
+end)
+
 T.test("a closed engine refuses every method; close twice is fine", function()
     local e = engine()
     e:close()
