@@ -23,7 +23,8 @@
  * Per line, everything runs in C: match, then the standard columns (time in UTC from the logged
  * offset, GeoIP, request and URL split, status text, sizes, user agent classes), then the
  * optional mapping function (Lua) through a reused record userdata, then the output (values for
- * the SQL insert, or JSON), both produced from one array of column values.
+ * the SQL insert, or JSON), both produced from one array of column values. User-agent rules
+ * look at the first 2048 bytes of the user agent (UA_MATCH_MAX).
  *
  * Clean string values are valid UTF-8: every invalid sequence (maximal subpart) and every control
  * character (C0, DEL, C1) becomes U+FFFD, and values longer than their column are cut at a
@@ -50,7 +51,8 @@
 #define DEFAULT_MAX_LINE 65536
 #define MAX_MAX_LINE (16 * 1024 * 1024)
 #define DEFAULT_UA_CACHE 4096
-#define UA_CACHE_KEY_MAX 2048        /* longer user agents are classified but not cached */
+#define UA_MATCH_MAX 2048            /* user-agent rules see this many bytes at most: a rule
+                                        such as Android(?!.*Mobile) costs the square of it */
 #define MAX_GEOIP 8
 #define REASON_MAX 1024              /* characters kept of a reject reason */
 #define MATCH_LIMIT 1000000
@@ -1827,13 +1829,16 @@ found:
 }
 
 /* user_agent -> browser, os, device (first matching rule of each list; device defaults to
- * default_device). Results are cached per engine, keyed by the user agent. */
+ * default_device). The rules see the first UA_MATCH_MAX bytes: a stranger's 64 KiB user agent
+ * must not cost a second. Results are cached per engine, keyed by those bytes. */
 static void do_ua(lua_State *L, engine *e, const char *p, size_t n, pcre2_match_data *md)
 {
     short rule[N_UA];
     ua_entry *slot = NULL;
     int k, i;
-    if (e->uacache_n > 0 && n <= UA_CACHE_KEY_MAX) {
+    if (n > UA_MATCH_MAX)
+        n = UA_MATCH_MAX;
+    if (e->uacache_n > 0) {
         slot = &e->uacache[hash_bytes(p, n) & (e->uacache_n - 1)];
         if (slot->key != NULL && slot->keylen == n && memcmp(slot->key, p, n) == 0) {
             e->ua_hits++;
