@@ -208,6 +208,8 @@ max-allowed-packet = 64M
 # io_uring (native AIO) has been seen to leave a freshly installed ibdata1 unreadable on these
 # kernels ("header page consists of zero bytes"); the thread-based AIO is reliable.
 innodb-use-native-aio = 0
+# Clients under valgrind need many seconds for a TLS handshake; the default (10 s) resets them.
+connect-timeout = 60
 character-set-server = utf8mb4
 collation-server = utf8mb4_unicode_ci
 ssl-ca = $BASE_DIR/tls/ca.pem
