@@ -5,6 +5,8 @@
 #   make check      run the test suite against private RabbitMQ and MariaDB servers
 #   make sanitize   the same suite under ASan + UBSan
 #   make valgrind   the same suite under valgrind
+#   make faults     20 randomised kill -9 trials per component
+#   make fuzz       the libFuzzer harnesses, FUZZ_SECONDS (60) each
 #   make demo       the whole pipeline on private servers and a sample log (make demo-stop)
 
 PKGS     = lua5.4 librabbitmq libmariadb libpcre2-8 libcrypto libmaxminddb zlib
@@ -12,7 +14,7 @@ PKGS     = lua5.4 librabbitmq libmariadb libpcre2-8 libcrypto libmaxminddb zlib
 DEB_PKGS = build-essential pkg-config liblua5.4-dev librabbitmq-dev libmariadb-dev \
            libpcre2-dev libssl-dev libmaxminddb-dev zlib1g-dev \
            libmaxmind-db-writer-perl tor-geoipdb iso-codes \
-           rabbitmq-server mariadb-server mariadb-client valgrind
+           rabbitmq-server mariadb-server mariadb-client valgrind openssl
 
 CC      ?= cc
 OPT     ?= -O2 -g
@@ -81,8 +83,9 @@ sanitize:
 	$(MAKE) $(COUNTRY_DB)
 	ASAN_OPTIONS=detect_leaks=1 LPROC=build/asan/lproc tests/run.sh
 
+# VALGRIND_TESTS: test file names to run (default: all).
 valgrind: all
-	LPROC_RE_NOJIT=1 LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite' tests/run.sh
+	LPROC_RE_NOJIT=1 LPROC_WRAP='valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite' tests/run.sh $(VALGRIND_TESTS)
 
 build/ceiling: bench/ceiling.c | check-deps
 	@mkdir -p build
@@ -94,6 +97,14 @@ demo: deps
 
 demo-stop:
 	@scripts/demo.sh stop
+
+# libFuzzer harnesses (clang): the cleaning path, URL parsing, the format compiler.
+fuzz: all
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} tests/fuzz/run.sh
+
+# Randomised kill -9 trials of every component (LPROC_FAULT_SEED=N replays a run).
+faults: all
+	LPROC_FAULT_TRIALS=$${LPROC_FAULT_TRIALS:-20} tests/run.sh faults_test
 
 clean:
 	rm -rf build lproc

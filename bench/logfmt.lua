@@ -34,6 +34,7 @@ local PATHS = { "/", "/index.html", "/api/v1/items?page=2", "/static/app.js", "/
 local STATUS = { 200, 200, 200, 200, 304, 404, 500, 301 }
 local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" }
 
+local temporary = not file and not gen
 if not file then
     file = gen or os.tmpname()
     local f = assert(io.open(file, "w"))
@@ -75,7 +76,7 @@ end
 local dt = os.clock() - t0
 r:close()
 out:close()
-if not gen and not arg[#arg]:find("^[^-]") then os.remove(file) end
+if temporary then os.remove(file) end
 local s = R:stats()
 print(string.format("%d lines in %.2f s CPU: %.0f lines/s (%d rows, %d rejects, ua cache %d/%d)",
     count, dt, count / dt, s.rows, s.rejects, s.ua_cache_hits, s.ua_cache_hits + s.ua_cache_misses))

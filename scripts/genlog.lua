@@ -19,7 +19,9 @@ Writes a realistic, deterministic web-server access log.
 
   --lines N             number of lines, malformed ones included (default 1000)
   --seed S              seed of the generator, an integer (default 1)
-  --malformed FRACTION  share of malformed lines, 0..1 (default 0.01)
+  --malformed FRACTION  share of malformed lines, 0..1 (default 0.01): truncated lines,
+                        junk bytes, TLS handshakes and "-" requests as nginx logs them,
+                        empty lines, lines of other formats
   --formats LIST        comma-separated formats to mix: proxy, combined (default both)
   --start TIME          time of the first line, YYYY-MM-DDTHH:MM:SS, UTC unless followed
                         by Z or +HH:MM / -HH:MM (default 2022-11-01T00:00:00)
@@ -33,8 +35,8 @@ Writes a realistic, deterministic web-server access log.
 local DEFAULT_GEOIP = "/usr/share/tor/geoip"
 
 local floor, exp, log = math.floor, math.exp, math.log
-local concat, sort = table.concat, table.sort
-local format, byte, char, sub, rep = string.format, string.byte, string.char, string.sub, string.rep
+local concat = table.concat
+local format, char, sub = string.format, string.char, string.sub
 
 -- ---------------------------------------------------------------- options
 
@@ -43,7 +45,7 @@ local function usage_error(msg)
     error({ usage = msg }, 0)
 end
 
--- Parses "YYYY-MM-DDTHH:MM:SS[Z|+HH:MM|-HH:MM]" into seconds since the epoch (UTC).
+-- Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
 local function days_from_civil(y, m, d)
     y = m <= 2 and y - 1 or y
     local era = (y >= 0 and y or y - 399) // 400
@@ -53,6 +55,7 @@ local function days_from_civil(y, m, d)
     return era * 146097 + doe - 719468
 end
 
+-- Parses "YYYY-MM-DDTHH:MM:SS[Z|+HH:MM|-HH:MM]" into seconds since the epoch; nil if invalid.
 local function parse_time(s)
     local y, mo, d, h, mi, se, zone =
         s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$")
@@ -70,6 +73,7 @@ local function parse_time(s)
     return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off
 end
 
+-- Parses the command line (a sequence of strings) into the options; raises a usage error.
 local function parse_args(args)
     local o = {
         lines = 1000, seed = 1, malformed = 0.01, formats = { "proxy", "combined" },

@@ -30,7 +30,7 @@ options:
                       (default: .lproc-state/<id of the source>.checkpoint)
   --source NAME       source name used in ids and x-source (default: the absolute path)
   --batch N           up to N lines per message (content type application/vnd.lproc.lines+v1)
-  --window N          unconfirmed messages allowed in flight (default 4096)
+  --window N          unconfirmed lines allowed in flight (default 4096)
   --quorum            declare the queues as quorum queues
   --max-line BYTES    longer lines are cut to BYTES and flagged (default 4194304)
   --connect-timeout S how long to wait for the broker at start-up (default 10)
@@ -54,11 +54,13 @@ if opts.source and #files > 1 then util.die(NAME, "--source needs exactly one FI
 if opts.follow and files[1] == "-" then util.die(NAME, "--follow needs a file, not standard input") end
 
 local BATCH = math.floor(opts.batch or 1)
-local WINDOW = math.max(1, math.floor(opts.window or 4096))
+if BATCH < 1 then util.die(NAME, "--batch needs a number >= 1") end
+-- The window counts lines: in batch mode it is that many lines' worth of messages, so the
+-- memory held for unconfirmed messages does not grow with --batch.
+local WINDOW = math.max(2, math.floor((opts.window or 4096) / BATCH))
 local MAX_LINE = math.floor(opts.max_line or 4 * 1024 * 1024)
 local PROGRESS = opts.progress or 5
 local EXCHANGE, KEY = broker.EXCHANGE, broker.ROUTING_KEY
-if BATCH < 1 then util.die(NAME, "--batch needs a number >= 1") end
 
 config.check_dotenv(log)
 local url, why = config.amqp_url()
@@ -71,10 +73,10 @@ for i, f in ipairs(files) do
     if not src then src = f == "-" and "stdin" or sys.realpath(f) end
     if not src then
         local _, err = sys.realpath(f)
-        util.die(NAME, "%s", (err:gsub("^sys%.realpath", "cannot read")))
+        util.die(NAME, "%s", (err:gsub("^sys%.realpath:", "cannot read")))
     end
     local r, err = reader.open(f, { max_line = MAX_LINE })
-    if not r then util.die(NAME, "%s", (err:gsub("^reader%.open", "cannot read"))) end
+    if not r then util.die(NAME, "%s", (err:gsub("^reader%.open:", "cannot read"))) end
     inputs[i] = { path = f, source = src, reader = r }
 end
 

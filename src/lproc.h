@@ -16,6 +16,16 @@
 
 #define LPROC_VERSION "0.1.0"
 
+/* ---- shared helpers (lproc.c) ---- */
+
+/* Registers the metatable `name` of a handle type: __index = methods, __gc = __close =
+ * close, __tostring = tostring. */
+void lproc_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                    lua_CFunction close, lua_CFunction tostring);
+
+/* 1 when regexes must not be JIT-compiled (LPROC_RE_NOJIT, for valgrind). */
+int lproc_nojit(void);
+
 /* ---- sha256 (lua_sha256.c) ---- */
 
 /* A piece of input for lproc_sha256_hex. */

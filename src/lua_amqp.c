@@ -7,6 +7,29 @@
  *   amqp.connect(url [, opts]) -> conn | nil, err
  *   amqp.null                  the AMQP "void" field value in headers and arguments
  *
+ *   conn:exchange_declare(name, type [, opts]) / exchange_delete(name [, if_unused]) -> true
+ *   conn:queue_declare(name [, opts]) -> name, message_count, consumer_count
+ *   conn:queue_bind / queue_unbind(queue, exchange, key [, arguments]) -> true
+ *   conn:queue_purge(queue) / queue_delete(queue [, opts]) -> message_count
+ *   conn:confirm_select() -> true;  conn:publish(exchange, key, body [, props]) -> seqno
+ *   conn:confirms([timeout=0]) -> upto, nacked
+ *   conn:qos(prefetch [, global]) -> true;  conn:consume(queue [, opts]) -> consumer_tag
+ *   conn:cancel(tag) -> true;  conn:receive([timeout]) -> msg | false
+ *   conn:receive_batch(max [, timeout]) -> {msg...}   (no timeout: wait as long as it takes)
+ *   conn:ack(tag [, multiple]) / nack(tag [, multiple [, requeue=true]])
+ *   conn:reject(tag [, requeue=true]) -> true
+ *   conn:close() -> true;  conn:is_open() -> bool;  conn:stats() -> {...};  tostring(conn)
+ *
+ * Field tables (headers, arguments): string <-> long string (any bytes), integer <-> signed
+ * 64-bit, float <-> double, boolean <-> boolean, array (a table with keys 1..n, {} included)
+ * <-> array, table with string keys <-> nested table, amqp.null <-> void. Received integers of
+ * any width become integers, decimals become floats.
+ *
+ * A received message is a table: body, delivery_tag, redelivered, exchange, routing_key,
+ * consumer_tag and each property that is set (message_id, content_type, content_encoding,
+ * correlation_id, type, app_id, user_id, reply_to, expiration, priority, timestamp, headers,
+ * persistent = delivery mode 2). Delivery tags are unique per connection.
+ *
  * A connection uses one channel (1). Methods return nil, "amqp.<method>: why"[, reply code]
  * on operational failures and raise on misuse (wrong arguments, connection closed by close()).
  *
@@ -304,6 +327,8 @@ static int seqset_add(seqset *s, uint64_t x)
 /* Removes the first k elements. */
 static void seqset_shift(seqset *s, size_t k)
 {
+    if (k == 0)
+        return;
     memmove(s->v, s->v + k, (s->n - k) * sizeof *s->v);
     s->n -= k;
 }
@@ -726,6 +751,7 @@ static int on_channel0(conn *c, const amqp_frame_t *f)
     if (f->frame_type == AMQP_FRAME_METHOD
         && f->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)
         return conn_closed_by_broker(c, f->payload.method.decoded);
+    amqp_maybe_release_buffers_on_channel(c->st, 0);
     return EV_OTHER; /* connection.blocked / unblocked and the like */
 }
 
@@ -1456,6 +1482,15 @@ static int l_connect(lua_State *L)
         }
         errno = 0;
         rc = amqp_socket_open_noblock(sock, host, u.port, &tv);
+        if (rc == AMQP_STATUS_SOCKET_ERROR) {
+            /* rabbitmq-c does not keep the reason: a second attempt of our own finds it */
+            int fd = tcp_connect(host, u.port, o.timeout, buf, sizeof buf);
+            if (fd >= 0) {
+                close(fd);
+                snprintf(buf, sizeof buf, "cannot connect (socket error)");
+            }
+            return connect_failed(L, c, target, buf, strlen(buf));
+        }
         if (rc != AMQP_STATUS_OK) {
             why = rc == AMQP_STATUS_TIMEOUT ? "connect timed out"
                                             : status_text(rc, errno, buf, sizeof buf);

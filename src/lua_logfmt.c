@@ -11,6 +11,7 @@
  *   e:process(line, id) -> true, v1, ..., vN | false, reason
  *   e:json(line, id)    -> one JSON object (no newline)
  *   e:bind(name)        -> function(self, line, id): e:process / e:json with the engine bound
+ *   e:parse_url(target [, connect]) -> schema, host, port, path, query, rest_session
  *   e:columns(), e:stats(), e:close()
  *
  * A format compiles into one anchored PCRE2 (JIT) pattern with one numbered group per variable
@@ -22,7 +23,8 @@
  * Per line, everything runs in C: match, then the standard columns (time in UTC from the logged
  * offset, GeoIP, request and URL split, status text, sizes, user agent classes), then the
  * optional mapping function (Lua) through a reused record userdata, then the output (values for
- * the SQL insert, or JSON), both produced from one array of column values.
+ * the SQL insert, or JSON), both produced from one array of column values. User-agent rules
+ * look at the first 2048 bytes of the user agent (UA_MATCH_MAX).
  *
  * Clean string values are valid UTF-8: every invalid sequence (maximal subpart) and every control
  * character (C0, DEL, C1) becomes U+FFFD, and values longer than their column are cut at a
@@ -49,7 +51,8 @@
 #define DEFAULT_MAX_LINE 65536
 #define MAX_MAX_LINE (16 * 1024 * 1024)
 #define DEFAULT_UA_CACHE 4096
-#define UA_CACHE_KEY_MAX 2048        /* longer user agents are classified but not cached */
+#define UA_MATCH_MAX 2048            /* user-agent rules see this many bytes at most: a rule
+                                        such as Android(?!.*Mobile) costs the square of it */
 #define MAX_GEOIP 8
 #define REASON_MAX 1024              /* characters kept of a reject reason */
 #define MATCH_LIMIT 1000000
@@ -118,6 +121,11 @@ static const known_var known_vars[] = {
     {"gzip_ratio", F_NONE, P_DEC_DASH},
     {NULL, 0, 0},
 };
+
+/* An address followed by a byte that can be part of one (e.g. ':' in "$remote_addr:$remote_port")
+ * must be able to give bytes back: there it is not possessive. */
+#define ADDR_CHARS "0123456789ABCDEFabcdef:."
+#define ADDR_BACKTRACK "[0-9A-Fa-f:.]+"
 
 static const char *const class_patterns[] = {
     [P_ADDR] = "[0-9A-Fa-f:.]++",
@@ -334,6 +342,8 @@ static int format_compile(format *f, const char *src, size_t len, char *err, siz
             goto oom;
         if (k == NULL || k->cls == P_TEXT)
             rc = text_pattern(&b, prev, next);
+        else if (k->cls == P_ADDR && next >= 0 && strchr(ADDR_CHARS, next) != NULL && next != 0)
+            rc = buf_adds(&b, ADDR_BACKTRACK);   /* $remote_addr:$remote_port */
         else
             rc = buf_adds(&b, class_patterns[k->cls]);
         if (rc < 0 || buf_adds(&b, ")") < 0)
@@ -353,7 +363,8 @@ static int format_compile(format *f, const char *src, size_t len, char *err, siz
         format_free(f);
         return -1;
     }
-    pcre2_jit_compile(f->code, PCRE2_JIT_COMPLETE);   /* falls back to the interpreter */
+    if (!lproc_nojit())
+        pcre2_jit_compile(f->code, PCRE2_JIT_COMPLETE);   /* falls back to the interpreter */
     return 0;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -480,7 +491,7 @@ typedef struct column {
     int prec, scale;        /* T_DEC */
 } column;
 
-/* The standard clean_log columns, in order (sql/clean_log.sql declares the same). */
+/* The standard clean_log columns, in order (sql/schema.sql declares the same). */
 enum {
     C_ID, C_TIMESTAMP, C_YEAR, C_MONTH, C_DAY, C_DOW, C_TIME, C_IP, C_COUNTRY, C_COUNTRY_CODE,
     C_CITY, C_SESSION, C_USER, C_IS_EMAIL, C_EMAIL_DOMAIN, C_METHOD, C_URL, C_SCHEMA, C_HOST,
@@ -869,11 +880,18 @@ typedef struct ua_entry {
     short rule[N_UA];       /* index of the matching rule, -1 none */
 } ua_entry;
 
-/* A GeoIP answer merged over the databases, cached per engine by address text. */
+/* A GeoIP answer merged over the databases, cached per engine by address text. The names are
+ * copies: a database may be closed while the engine lives, and its memory goes with it. */
+#define GEO_NAME_MAX 96         /* longer names are not cached */
+enum { GEO_CC = 1, GEO_COUNTRY = 2, GEO_CITY = 4 };
 typedef struct geo_entry {
     char ip[46];
     unsigned char len;      /* 0: empty slot */
-    lproc_geo g;
+    unsigned char has;      /* GEO_* of the fields present */
+    unsigned char cclen, countrylen, citylen;
+    char cc[8];
+    char country[GEO_NAME_MAX];
+    char city[GEO_NAME_MAX];
 } geo_entry;
 
 #define DEFAULT_GEO_CACHE 16384
@@ -1560,12 +1578,14 @@ static int is_protocol(const char *p, size_t n)
  * "METHOD TARGET PROTOCOL" keeps url = the request as logged and the rest NULL. */
 static void do_request(lua_State *L, engine *e, const char *p, size_t n)
 {
-    const char *sp1 = memchr(p, ' ', n), *sp2 = p + n;
-    size_t i;
-    while (sp2 > p && sp2[-1] != ' ')
-        sp2--;
-    sp2--;                                      /* the last space, or p - 1 */
-    if (sp1 != NULL && sp2 > sp1 + 1 && sp1 > p && is_protocol(sp2 + 1, (size_t)(p + n - sp2 - 1))) {
+    const char *sp1 = memchr(p, ' ', n), *sp2 = NULL;
+    size_t i = n;
+    while (i > 0 && p[i - 1] != ' ')
+        i--;
+    if (i > 0)
+        sp2 = p + i - 1;                        /* the last space (p - 1 would be out of bounds) */
+    if (sp1 != NULL && sp2 != NULL && sp2 > sp1 + 1 && sp1 > p
+        && is_protocol(sp2 + 1, (size_t)(p + n - sp2 - 1))) {
         for (i = 0; p + i < sp1 && is_tchar((unsigned char)p[i]); i++)
             ;
         if (p + i == sp1) {
@@ -1720,8 +1740,25 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h * 0x9E3779B97F4A7C15ULL;
 }
 
-/* ip -> country_code, country, city: for each field, the first database that knows it.
- * Merged answers are cached per engine (direct-mapped, keyed by the address text). */
+/* Copies one field of an answer into a cache slot. Returns 0, or -1 when it does not fit. */
+static int geo_keep(char *dst, size_t cap, unsigned char *dlen, unsigned char *has, int flag,
+                    const char *p, size_t n)
+{
+    if (p == NULL)
+        return 0;
+    if (n > cap)
+        return -1;
+    memcpy(dst, p, n);
+    *dlen = (unsigned char)n;
+    *has |= (unsigned char)flag;
+    return 0;
+}
+
+/* ip -> country_code, country, city: the country (code and name together) from the first
+ * database that knows the address's country, the city from the first that knows its city.
+ * Merged answers are cached per engine (direct-mapped, keyed by the address text). Values are
+ * copied into the line's arena: nothing refers to a database's memory once this returns (the
+ * mapping function may close a database). */
 static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
 {
     lproc_geo m;
@@ -1729,16 +1766,27 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
     int i;
     if (e->ngeo == 0)
         return;
+    memset(&m, 0, sizeof m);
     if (e->geocache_n > 0 && n < sizeof slot->ip) {
         slot = &e->geocache[hash_bytes(ip, n) & (e->geocache_n - 1)];
         if (slot->len == n && memcmp(slot->ip, ip, n) == 0) {
             e->geo_hits++;
-            m = slot->g;
+            if (slot->has & GEO_CC) {
+                m.country_code = slot->cc;
+                m.country_code_len = slot->cclen;
+            }
+            if (slot->has & GEO_COUNTRY) {
+                m.country = slot->country;
+                m.country_len = slot->countrylen;
+            }
+            if (slot->has & GEO_CITY) {
+                m.city = slot->city;
+                m.city_len = slot->citylen;
+            }
             goto found;
         }
     }
     e->geo_misses++;
-    memset(&m, 0, sizeof m);
     for (i = 0; i < e->ngeo; i++) {
         lproc_geo g;
         int rc = lproc_geoip_find(e->geo[i], ip, n, &g);
@@ -1746,11 +1794,9 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             break;
         if (rc == 0)
             continue;
-        if (m.country_code == NULL && g.country_code != NULL) {
+        if (m.country_code == NULL && g.country_code != NULL) {   /* code and name: one answer */
             m.country_code = g.country_code;
             m.country_code_len = g.country_code_len;
-        }
-        if (m.country == NULL && g.country != NULL) {
             m.country = g.country;
             m.country_len = g.country_len;
         }
@@ -1758,31 +1804,42 @@ static void do_geo(lua_State *L, engine *e, const char *ip, size_t n)
             m.city = g.city;
             m.city_len = g.city_len;
         }
-        if (m.country_code != NULL && m.country != NULL && m.city != NULL)
+        if (m.country_code != NULL && m.city != NULL)
             break;
     }
     if (slot != NULL) {
-        memcpy(slot->ip, ip, n);
-        slot->len = (unsigned char)n;
-        slot->g = m;
+        slot->len = 0;
+        slot->has = 0;
+        if (geo_keep(slot->cc, sizeof slot->cc, &slot->cclen, &slot->has, GEO_CC,
+                     m.country_code, m.country_code_len) == 0
+            && geo_keep(slot->country, sizeof slot->country, &slot->countrylen, &slot->has,
+                        GEO_COUNTRY, m.country, m.country_len) == 0
+            && geo_keep(slot->city, sizeof slot->city, &slot->citylen, &slot->has, GEO_CITY,
+                        m.city, m.city_len) == 0) {
+            memcpy(slot->ip, ip, n);
+            slot->len = (unsigned char)n;
+        }
     }
 found:
     if (m.country_code != NULL)
-        set_text(L, e, C_COUNTRY_CODE, m.country_code, m.country_code_len, 0);
+        set_text(L, e, C_COUNTRY_CODE, m.country_code, m.country_code_len, TX_COPY);
     if (m.country != NULL)
-        set_text(L, e, C_COUNTRY, m.country, m.country_len, 0);
+        set_text(L, e, C_COUNTRY, m.country, m.country_len, TX_COPY);
     if (m.city != NULL)
-        set_text(L, e, C_CITY, m.city, m.city_len, 0);
+        set_text(L, e, C_CITY, m.city, m.city_len, TX_COPY);
 }
 
 /* user_agent -> browser, os, device (first matching rule of each list; device defaults to
- * default_device). Results are cached per engine, keyed by the user agent. */
+ * default_device). The rules see the first UA_MATCH_MAX bytes: a stranger's 64 KiB user agent
+ * must not cost a second. Results are cached per engine, keyed by those bytes. */
 static void do_ua(lua_State *L, engine *e, const char *p, size_t n, pcre2_match_data *md)
 {
     short rule[N_UA];
     ua_entry *slot = NULL;
     int k, i;
-    if (e->uacache_n > 0 && n <= UA_CACHE_KEY_MAX) {
+    if (n > UA_MATCH_MAX)
+        n = UA_MATCH_MAX;
+    if (e->uacache_n > 0) {
         slot = &e->uacache[hash_bytes(p, n) & (e->uacache_n - 1)];
         if (slot->key != NULL && slot->keylen == n && memcmp(slot->key, p, n) == 0) {
             e->ua_hits++;
@@ -1899,15 +1956,27 @@ static const char *store_text(lua_State *L, engine *e, int c, const char *p, siz
         e->vals[c].kind = V_BOOL;
         e->vals[c].i = k;
         return NULL;
-    default:
+    default: {
+        const char *t = col->type == T_DATE ? NULL : col->type == T_TIME ? p : p + 11;
+        int y, mo, d;
         if (!has_shape(p, n, col->type == T_DATETIME ? "dddd-dd-dd dd:dd:dd"
                                 : col->type == T_DATE ? "dddd-dd-dd" : "dd:dd:dd"))
             return col->type == T_DATETIME ? "not a 'YYYY-MM-DD HH:MM:SS' text"
                    : col->type == T_DATE ? "not a 'YYYY-MM-DD' text" : "not a 'HH:MM:SS' text";
+        if (col->type != T_TIME) {
+            y = dig4(p);
+            mo = dig2(p + 5);
+            d = dig2(p + 8);
+            if (y < 1000 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo))
+                return "impossible date";
+        }
+        if (t != NULL && (dig2(t) > 23 || dig2(t + 3) > 59 || dig2(t + 6) > 59))
+            return "impossible time";
         s = scratch(L, e, n);
         memcpy(s, p, n);
         set_raw(e, c, s, n);
         return NULL;
+    }
     }
 }
 
@@ -2456,6 +2525,28 @@ static int e_bind(lua_State *L)
     return 1;
 }
 
+/* engine:parse_url(target [, connect]) -> schema, host, port, path, query, rest_session
+ * The split of a request target exactly as a line's $request gets it (connect: the method is
+ * CONNECT, so an authority-form target is host:port); values cleaned and cut like the columns,
+ * nil for NULL. For tests and tools; not callable from the mapping function. */
+static int e_parse_url(lua_State *L)
+{
+    static const int cols[] = {C_SCHEMA, C_HOST, C_PORT, C_PATH, C_QUERY, C_REST_SESSION};
+    engine *e = check_engine(L, 1, "parse_url");
+    size_t n, i;
+    const char *u = luaL_checklstring(L, 2, &n);
+    int connect = lua_toboolean(L, 3);
+    if (e->in_map)
+        return luaL_error(L, "logfmt.parse_url: called from the mapping function");
+    arena_reset(&e->arena);
+    for (i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        e->vals[cols[i]].kind = V_NULL;
+    parse_url(L, e, u, n, connect);
+    for (i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        push_value(L, &e->vals[cols[i]], 1);
+    return (int)(sizeof cols / sizeof cols[0]);
+}
+
 /* engine:columns() -> {{name=, type=, null=, custom=}...}: all columns in order */
 static int e_columns(lua_State *L)
 {
@@ -2694,9 +2785,11 @@ static const char *entry_string(lua_State *L, int k, const char *field, size_t *
 /* Compiles the formats of opts.formats ({{name=, format=}...}) and the variable tables. */
 static void build_formats(lua_State *L, engine *e)
 {
-    int i, n, j, v;
+    int i, n = 0, j, v;
     char err[300];
-    if (lua_getfield(L, 1, "formats") != LUA_TTABLE || (n = (int)lua_rawlen(L, -1)) == 0)
+    if (lua_getfield(L, 1, "formats") == LUA_TTABLE)
+        n = (int)lua_rawlen(L, -1);
+    if (n == 0)
         luaL_error(L, "logfmt.engine: formats must be a non-empty array of {name=, format=}");
     e->formats = calloc((size_t)n, sizeof *e->formats);
     e->varnames = calloc((size_t)n * MAX_VARS, sizeof *e->varnames);
@@ -2886,7 +2979,8 @@ static void build_ua(lua_State *L, engine *e)
                     luaL_error(L, "logfmt.engine: ua.%s[%d]: bad pattern: %s at offset %d",
                                ua_kinds[k], i + 1, msg, (int)eo);
                 }
-                pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);
+                if (!lproc_nojit())
+                    pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);
             }
             lua_pop(L, 1);
         }
@@ -3016,6 +3110,7 @@ int luaopen_lproc_logfmt(lua_State *L)
         {"process", e_process},
         {"json", e_json},
         {"bind", e_bind},
+        {"parse_url", e_parse_url},
         {"columns", e_columns},
         {"stats", e_stats},
         {"close", e_close},

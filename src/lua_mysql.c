@@ -1368,29 +1368,12 @@ static const luaL_Reg funcs[] = {
     {NULL, NULL},
 };
 
-/* Creates the metatable tname with __index = methods and the given close/tostring. */
-static void new_type(lua_State *L, const char *tname, const luaL_Reg *methods,
-                     lua_CFunction close, lua_CFunction tostring)
-{
-    luaL_newmetatable(L, tname);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-}
-
 int luaopen_lproc_mysql(lua_State *L)
 {
     if (mysql_library_init(0, NULL, NULL) != 0)
         return luaL_error(L, "lproc.mysql: cannot initialize the MariaDB client library");
-    new_type(L, CONN_MT, conn_methods, c_close, c_tostring);
-    new_type(L, BATCH_MT, batch_methods, b_close, b_tostring);
+    lproc_newclass(L, CONN_MT, conn_methods, c_close, c_tostring);
+    lproc_newclass(L, BATCH_MT, batch_methods, b_close, b_tostring);
     luaL_newlib(L, funcs);
     return 1;
 }

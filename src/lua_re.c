@@ -669,7 +669,8 @@ static const luaL_Reg re_funcs[] = {
 /* __gc of the shared match context. */
 static int jitctx_gc(lua_State *L)
 {
-    re_jitctx *j = luaL_checkudata(L, 1, RE_JITCTX);
+    /* Not luaL_checkudata: the registry key RE_JITCTX holds the instance, not the metatable. */
+    re_jitctx *j = lua_touserdata(L, 1);
     pcre2_match_context_free(j->mctx);
     pcre2_jit_stack_free(j->stack);
     j->mctx = NULL;
@@ -683,7 +684,6 @@ static int jitctx_gc(lua_State *L)
  * which valgrind reports. */
 static void jitctx_init(lua_State *L)
 {
-    const char *nojit;
     re_jitctx *j;
 
     if (lua_getfield(L, LUA_REGISTRYINDEX, RE_JITCTX) != LUA_TNIL) {
@@ -694,8 +694,7 @@ static void jitctx_init(lua_State *L)
     j = lua_newuserdatauv(L, sizeof *j, 0);
     j->mctx = NULL;
     j->stack = NULL;
-    nojit = getenv("LPROC_RE_NOJIT");
-    j->nojit = nojit != NULL && *nojit != '\0' && strcmp(nojit, "0") != 0;
+    j->nojit = lproc_nojit();
     luaL_newmetatable(L, RE_JITCTX);
     lua_pushcfunction(L, jitctx_gc);
     lua_setfield(L, -2, "__gc");

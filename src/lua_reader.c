@@ -350,16 +350,7 @@ static const luaL_Reg methods[] = {
 int luaopen_lproc_reader(lua_State *L)
 {
     static const luaL_Reg funcs[] = {{"open", l_open}, {NULL, NULL}};
-    luaL_newmetatable(L, READER_MT);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    lproc_newclass(L, READER_MT, methods, l_close, l_tostring);
     luaL_newlib(L, funcs);
     return 1;
 }

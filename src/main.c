@@ -92,14 +92,18 @@ static void dirname_of(const char *path, char *buf, size_t size)
     }
 }
 
-/* Prepends the script's lib/ directory, the executable's scripts/lib/ and
- * $LPROC_LIB (if set) to package.path. */
+/* Prepends $LPROC_LIB (if set), the script's lib/ directory and lproc's own Lua library to
+ * package.path. The library is found from the executable: scripts/lib/ in the source tree
+ * (./lproc links to build/lproc; sanitizer builds live in build/<kind>/), or
+ * ../share/lproc/lib once installed. */
 static void set_path(lua_State *L, const char *script)
 {
-    char sdir[PATH_MAX], exe[PATH_MAX], edir[PATH_MAX];
+    static const char *const up[] = {"", "/..", "/../.."};
+    char sdir[PATH_MAX], exe[PATH_MAX], edir[PATH_MAX], probe[PATH_MAX + 64];
     const char *extra = getenv("LPROC_LIB");
     luaL_Buffer b;
     ssize_t n;
+    size_t i;
 
     dirname_of(script, sdir, sizeof sdir);
     n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -114,7 +118,17 @@ static void set_path(lua_State *L, const char *script)
         luaL_addstring(&b, extra);
         luaL_addstring(&b, "/?.lua;");
     }
-    lua_pushfstring(L, "%s/lib/?.lua;%s/scripts/lib/?.lua;", sdir, edir);
+    lua_pushfstring(L, "%s/lib/?.lua;", sdir);
+    luaL_addvalue(&b);
+    for (i = 0; i < sizeof up / sizeof up[0]; i++) {
+        snprintf(probe, sizeof probe, "%s%s/scripts/lib/lproc", edir, up[i]);
+        if (access(probe, R_OK) == 0) {
+            lua_pushfstring(L, "%s%s/scripts/lib/?.lua;", edir, up[i]);
+            luaL_addvalue(&b);
+            break;
+        }
+    }
+    lua_pushfstring(L, "%s/../share/lproc/lib/?.lua;", edir);
     luaL_addvalue(&b);
     lua_getfield(L, -2, "path");
     luaL_addvalue(&b);

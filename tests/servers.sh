@@ -146,7 +146,10 @@ EOF
 rmq_launch() {   # non-blocking part of the start
     need epmd rabbitmq-server rabbitmqctl
     if alive "$(readpid "$R/rabbit.pid")" beam.smp; then log "rabbitmq already running"; return 0; fi
-    local p; for p in "$RMQ_PORT" "$RMQ_TLS_PORT" "$RMQ_DIST_PORT" "$EPMD_PORT"; do
+    local p i
+    for p in "$RMQ_PORT" "$RMQ_TLS_PORT" "$RMQ_DIST_PORT" "$EPMD_PORT"; do
+        # After a kill, the old node's helpers may hold a port for a moment.
+        for ((i = 0; i < 250; i++)); do port_busy "$p" || break; sleep 0.04; done
         if port_busy "$p"; then
             echo "servers: port 127.0.0.1:$p is already in use; set LPROC_PORT_BASE to another value" >&2
             return 1
@@ -156,7 +159,7 @@ rmq_launch() {   # non-blocking part of the start
     . "$R/env.sh"
     ( cd "$R" && exec epmd -port "$EPMD_PORT" -address 127.0.0.1 ) > "$R/log/epmd.log" 2>&1 < /dev/null &
     echo $! > "$R/epmd.pid"
-    local i; for ((i = 0; i < 250; i++)); do port_busy "$EPMD_PORT" && break; sleep 0.02; done
+    for ((i = 0; i < 250; i++)); do port_busy "$EPMD_PORT" && break; sleep 0.02; done
     ( cd "$R" && exec "$RMQ_BIN/rabbitmq-server" ) > "$R/log/stdout.log" 2>&1 < /dev/null &
     echo $! > "$R/wrapper.pid"
 }
@@ -202,6 +205,9 @@ local-infile = 1
 innodb-buffer-pool-size = 256M
 innodb-log-file-size = 256M
 max-allowed-packet = 64M
+# io_uring (native AIO) has been seen to leave a freshly installed ibdata1 unreadable on these
+# kernels ("header page consists of zero bytes"); the thread-based AIO is reliable.
+innodb-use-native-aio = 0
 character-set-server = utf8mb4
 collation-server = utf8mb4_unicode_ci
 ssl-ca = $BASE_DIR/tls/ca.pem
@@ -232,8 +238,13 @@ mdb_start() {   # mdb_start [fresh|resume]
         sleep 0.02
     done
     if [ -z "$ok" ]; then
+        mdb_stop
+        if [ "$mode" = fresh ] && [ -z "${MDB_RETRIED:-}" ]; then
+            log "mariadb failed to start; trying once more on a fresh data directory"
+            MDB_RETRIED=1 mdb_start fresh; return
+        fi
         log "mariadb failed to start; end of its log:"; tail -n 30 "$M/mysqld.err" "$M/stdout.log" >&2 || true
-        mdb_stop; return 1
+        return 1
     fi
     if [ "$mode" = fresh ] && ! mariadb --defaults-file="$M/my.cnf" -uroot <<EOF
 CREATE DATABASE IF NOT EXISTS \`$SRV_DB\`;

@@ -33,21 +33,29 @@ local function ready(c, q)
     return n
 end
 
+-- Waits (30 s at most) until every seqno <= seq is confirmed; none may be nacked.
+local function wait_confirms(c, seq)
+    local upto, nacked
+    local deadline = os.time() + 30
+    while os.time() < deadline do
+        upto, nacked = c:confirms(1)
+        T.ok(upto, nacked)
+        T.eq(nacked, nil, "nacked")
+        if upto >= seq then return upto end
+    end
+    T.eq(upto, seq, "confirmed up to")
+end
+
 -- Publishes bodies to queue q with confirms and waits until all are confirmed.
 local function publish_all(c, q, bodies, props)
     assert(c:confirm_select())
     local last
     for _, b in ipairs(bodies) do last = assert(c:publish("", q, b, props)) end
-    local upto, nacked = 0, nil
-    while upto < last do
-        upto, nacked = c:confirms(5)
-        T.ok(upto, nacked)
-        T.eq(nacked, nil, "nacked")
-    end
+    wait_confirms(c, last)
 end
 
 T.test("version and module fields", function()
-    T.eq(amqp.version(), "0.11.0")
+    T.ok(amqp.version():match("^%d+%.%d+%.%d+$"), amqp.version())
     T.eq(type(amqp.connect), "function")
     T.eq(amqp.null, amqp.null)
 end)
@@ -86,7 +94,8 @@ T.test("parse_url", function()
         { "amqp://h/%2", "bad percent-encoding or NUL byte" },
         { "amqp://h/%00", "bad percent-encoding or NUL byte" },
         { "amqp://h\0/", "NUL byte in the URL" },
-        { "amqp://h/v?heartbeat=5", "query strings and fragments are not supported (use the options table)" },
+        { "amqp://h/v?heartbeat=5",
+          "query strings and fragments are not supported (use the options table)" },
         { "amqp://::1/", "IPv6 addresses must be written in brackets" },
         { "amqp://[::1/", "bad IPv6 address" },
     }
@@ -102,16 +111,17 @@ T.test("connect failures", function()
          { nil, "amqp.connect: invalid URL: bad port" })
     local bad = URL:gsub(":[^:@]*@", ":wrong-secret@", 1)
     local c, err = amqp.connect(bad)
-    T.eq({ c, err }, { nil, "amqp.connect: " .. TARGET .. ": login refused (ACCESS_REFUSED) for user '"
-                            .. U.user .. "'" })
+    T.eq({ c, err }, { nil, "amqp.connect: " .. TARGET
+                            .. ": login refused (ACCESS_REFUSED) for user '" .. U.user .. "'" })
     T.ok(not err:find("wrong-secret", 1, true) and not err:find(PASSWORD, 1, true), "no password")
     T.eq({ amqp.connect((URL:gsub("/[^/]*$", "/nope"))) },
          { nil, "amqp.connect: " .. TARGET .. ": vhost 'nope' not found or not permitted" })
     local closed_port = tonumber(os.getenv("LPROC_PORT_BASE")) + 1
     T.eq({ amqp.connect("amqp://u:" .. PASSWORD .. "@127.0.0.1:" .. closed_port .. "/") },
          { nil, "amqp.connect: 127.0.0.1:" .. closed_port .. ": connection refused" })
-    T.eq({ amqp.connect("amqp://u:p@no-such-host.invalid:5672/") }, { nil,
-         "amqp.connect: no-such-host.invalid:5672: cannot resolve host: Name or service not known" })
+    local none, why = amqp.connect("amqp://u:p@no-such-host.invalid:5672/")
+    T.eq(none, nil)
+    T.ok(why:find("^amqp%.connect: no%-such%-host%.invalid:5672: cannot resolve host: "), why)
 end)
 
 T.test("connect misuse raises", function()
@@ -131,7 +141,8 @@ end)
 
 T.test("connection basics: tostring, is_open, close twice, closed handle raises", function()
     local c = connect({ name = "amqp_test", heartbeat = 10, timeout = 5, frame_max = 65536 })
-    T.eq(tostring(c), "amqp.connection (amqp://" .. U.user .. "@" .. TARGET .. "/" .. U.vhost .. ")")
+    T.eq(tostring(c),
+         "amqp.connection (amqp://" .. U.user .. "@" .. TARGET .. "/" .. U.vhost .. ")")
     T.ok(not tostring(c):find(PASSWORD, 1, true), "no password in tostring")
     T.eq(c:is_open(), true)
     T.eq(c:stats(), { published = 0, confirmed = 0, nacked = 0, returned = 0, received = 0 })
@@ -197,14 +208,14 @@ T.test("declare, bind, purge, delete", function()
     local last
     for i = 1, 3 do last = assert(c:publish("amqp-test-x", "logs.a", "m" .. i)) end
     assert(c:publish("amqp-test-x", "other", "not routed"))
-    while c:confirms(5) < last + 1 do end
+    wait_confirms(c, last + 1)
     T.eq(ready(c, q), 3)
     T.eq(c:queue_purge(q), 3)
     T.eq(ready(c, q), 0)
     T.eq(c:queue_unbind(q, "amqp-test-x", "logs.#"), true)
     assert(c:publish("amqp-test-x", "logs.a", "after unbind"))
     T.eq(c:publish("", q, "direct"), last + 3)
-    while c:confirms(5) < last + 3 do end
+    wait_confirms(c, last + 3)
     T.eq(c:queue_delete(q), 1)
     T.eq(c:exchange_delete("amqp-test-x"), true)
     -- server-named queue
@@ -303,13 +314,38 @@ T.test("confirms: 10k persistent messages through a window", function()
             upto = c:confirms()
         end
     end
-    while upto < 10000 do upto = assert(c:confirms(10)) end
-    T.eq(upto, 10000)
+    T.eq(wait_confirms(c, 10000), 10000)
     T.eq({ c:confirms(0) }, { 10000, nil })
     T.eq(c:stats(), { published = 10001, confirmed = 10000, nacked = 0, returned = 0,
                       received = 0 })
     T.eq(ready(c, q), 10001)
     T.eq(c:queue_delete(q), 10001)
+end)
+
+T.test("confirms arriving out of order (mixed queue types)", function()
+    local c <close> = connect()
+    local qt = fresh_queue(c, "amqp-test-ooo-transient")
+    local qd = fresh_queue(c, "amqp-test-ooo-durable", { durable = true })
+    c:queue_delete("amqp-test-ooo-quorum")
+    local qq = assert(c:queue_declare("amqp-test-ooo-quorum",
+                                      { arguments = { ["x-queue-type"] = "quorum" } }))
+    assert(c:confirm_select())
+    local targets = { { qt, { persistent = false } }, { qd }, { qq } }
+    local prev = 0
+    for i = 1, 3000 do
+        local t = targets[i % 3 + 1]
+        T.eq(c:publish("", t[1], "m" .. i, t[2]), i)
+        if i % 100 == 0 then
+            local upto, nacked = c:confirms(0)
+            T.ok(upto >= prev and upto <= i, "upto " .. upto .. " after " .. i)
+            T.eq(nacked, nil)
+            prev = upto
+        end
+    end
+    T.eq(wait_confirms(c, 3000), 3000)
+    T.eq(c:stats(), { published = 3000, confirmed = 3000, nacked = 0, returned = 0, received = 0 })
+    T.eq({ ready(c, qt), ready(c, qd), ready(c, qq) }, { 1000, 1000, 1000 })
+    for _, q in ipairs({ qt, qd, qq }) do T.eq(c:queue_delete(q), 1000) end
 end)
 
 T.test("consume with prefetch and multiple ack; nack requeues; reject drops", function()
@@ -361,7 +397,8 @@ T.test("receive_batch takes what has arrived, up to max", function()
     assert(c:qos(1000))
     assert(c:consume(q))
     local all, batches, last = {}, 0, nil
-    while #all < 250 do
+    for _ = 1, 250 do
+        if #all >= 250 then break end
         local batch, err = c:receive_batch(100, 5)
         T.ok(batch, err)
         T.ok(#batch >= 1 and #batch <= 100, "batch size " .. #batch)
@@ -419,7 +456,8 @@ T.test("asynchronous channel error: reported by confirms(), unconfirmed seqnos n
     T.eq(c:publish("amqp-test-no-such-exchange", "k", "lost"), 2)
     local a, b, code = c:confirms(5)
     T.eq({ a, b, code }, { nil, "amqp.confirms: NOT_FOUND - no exchange "
-                               .. "'amqp-test-no-such-exchange' in vhost '" .. U.vhost .. "'", 404 })
+                               .. "'amqp-test-no-such-exchange' in vhost '" .. U.vhost .. "'",
+                           404 })
     T.eq({ c:confirms(0) }, { 2, { 2 } })
     T.eq({ c:confirms(0) }, { 2, nil })
     T.eq(c:stats(), { published = 2, confirmed = 1, nacked = 1, returned = 0, received = 0 })
@@ -431,8 +469,7 @@ T.test("mandatory unroutable message is returned and counted", function()
     local c <close> = connect()
     assert(c:confirm_select())
     local seq = c:publish("", "amqp-test-nowhere", "x", { mandatory = true })
-    local upto = c:confirms(5)
-    while upto < seq do upto = c:confirms(5) end
+    wait_confirms(c, seq)
     T.eq(c:stats().returned, 1)
     T.eq(c:stats().confirmed, 1)
 end)
@@ -477,6 +514,55 @@ T.test("heartbeats are serviced while waiting", function()
     T.eq(c:receive(5).body, "still alive")
 end)
 
+T.test("amqps: certificate checks and TLS failures", function()
+    local base = tonumber(os.getenv("LPROC_PORT_BASE"))
+    local closed_port = base + 1
+    T.eq({ amqp.connect("amqps://u:p@127.0.0.1:" .. closed_port .. "/", { timeout = 2 }) },
+         { nil, "amqp.connect: 127.0.0.1:" .. closed_port .. ": connection refused" })
+    local tmp = T.env("LPROC_TEST_TMP") .. "/amqp-tls"
+    T.eq({ amqp.connect("amqps://u:p@127.0.0.1:" .. closed_port .. "/",
+                        { cacert = tmp .. "/missing.pem" }) },
+         { nil, "amqp.connect: 127.0.0.1:" .. closed_port .. ": cannot load CA certificates from '"
+                .. tmp .. "/missing.pem'" })
+    if not os.execute("openssl version >/dev/null 2>&1") then
+        io.write("       (no openssl command: the TLS server part is skipped)\n")
+        return
+    end
+    -- a TLS server that does not speak AMQP, with a self-signed certificate for "localhost"
+    local port = base + 8
+    assert(os.execute("mkdir -p " .. tmp .. " && cd " .. tmp .. " && openssl req -x509 "
+        .. "-newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=localhost "
+        .. "-addext subjectAltName=DNS:localhost >/dev/null 2>&1"))
+    assert(os.execute("cd " .. tmp .. " && { openssl s_server -accept 127.0.0.1:" .. port
+        .. " -cert cert.pem -key key.pem -quiet </dev/null >server.log 2>&1 &"
+        .. " echo $! >server.pid; }"))
+    local pidf = assert(io.open(tmp .. "/server.pid"))
+    local pid = assert(tonumber(pidf:read("l")))
+    pidf:close()
+    local stop <close> = setmetatable({}, { __close = function()
+        os.execute("kill " .. pid .. " 2>/dev/null")
+    end })
+    local function try(host, opts)
+        opts.timeout = 2
+        return { amqp.connect("amqps://u:p@" .. host .. ":" .. port .. "/", opts) }
+    end
+    for _ = 1, 100 do   -- until the server listens
+        local r = try("127.0.0.1", { verify = false })
+        if not r[2]:find("connection refused", 1, true) then break end
+        os.execute("sleep 0.05")
+    end
+    local where = "amqp.connect: 127.0.0.1:" .. port .. ": "
+    T.eq(try("127.0.0.1", {}), { nil, where .. "SSL peer cert verification failed" })
+    T.eq(try("127.0.0.1", { cacert = tmp .. "/cert.pem" }),
+         { nil, where .. "SSL hostname verification failed" })
+    -- the TLS handshake succeeds; then the server is no AMQP broker
+    local r = try("localhost", { cacert = tmp .. "/cert.pem" })
+    T.eq(r[1], nil)
+    T.ok(r[2] == "amqp.connect: localhost:" .. port .. ": the broker closed the connection "
+                 .. "during the handshake"
+         or r[2] == "amqp.connect: localhost:" .. port .. ": handshake timed out", r[2])
+end)
+
 -- Last: stops and resumes the broker.
 T.test("broker restart: connection lost, then a new connection works", function()
     local c = connect()
@@ -493,7 +579,8 @@ T.test("broker restart: connection lost, then a new connection works", function(
     end })
 
     T.eq({ consumer:receive(10) }, { nil, "amqp.receive: connection lost: CONNECTION_FORCED - "
-                                         .. "broker forced connection closure with reason 'shutdown'", 320 })
+                                         .. "broker forced connection closure with reason "
+                                         .. "'shutdown'", 320 })
     T.eq(consumer:is_open(), false)
     T.eq({ consumer:receive(0) }, { nil, "amqp.receive: connection is closed" })
     T.eq({ consumer:qos(1) }, { nil, "amqp.qos: connection is closed" })
@@ -524,7 +611,8 @@ T.test("broker restart: connection lost, then a new connection works", function(
     T.eq({ c2:queue_declare(q, { passive = true }) }, { q, 100, 0 }, "persistent messages kept")
     assert(c2:consume(q))
     local batch = {}
-    while #batch < 100 do
+    for _ = 1, 100 do
+        if #batch >= 100 then break end
         local b = assert(c2:receive_batch(100, 5))
         for _, m in ipairs(b) do batch[#batch + 1] = m end
     end

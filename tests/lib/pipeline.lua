@@ -11,7 +11,7 @@ local util = require "lproc.util"
 local P = {}
 
 P.tmp = T.env("LPROC_TEST_TMP")
-P.lproc = os.getenv("LPROC") or "./lproc"
+P.lproc = sys.realpath(os.getenv("LPROC") or "./lproc")
 P.wrap = os.getenv("LPROC_WRAP") or ""
 
 local function sh(cmd)
@@ -47,7 +47,7 @@ local seq = 0
 -- after the binary (a string, already shell-quoted where needed).
 function P.spawn(args, name)
     seq = seq + 1
-    local base = string.format("%s/%s-%d", P.tmp, name or "proc", seq)
+    local base = string.format("%s/%s-%d-%d", P.tmp, name or "proc", sys.getpid(), seq)
     local p = { log = base .. ".log", rcfile = base .. ".rc", name = name }
     os.remove(p.rcfile)
     local cmd = string.format("(%s %s %s >> %s 2>&1; echo $? > %s) < /dev/null > /dev/null 2>&1 & echo $!",
@@ -195,8 +195,12 @@ end
 
 -- P.servers(cmd, which): tests/servers.sh stop|resume|kill rabbitmq|mariadb
 function P.servers(cmd, which)
-    local ok = sh(string.format("tests/servers.sh %s %s > %s/servers.log 2>&1", cmd, which, P.tmp))
-    assert(ok, "tests/servers.sh " .. cmd .. " " .. which .. " failed")
+    local log = P.tmp .. "/servers.log"
+    local ok = sh(string.format("tests/servers.sh %s %s > %s 2>&1", cmd, which, log))
+    if not ok then
+        local f = io.open(log)
+        error("tests/servers.sh " .. cmd .. " " .. which .. " failed:\n" .. (f and f:read("a") or ""), 2)
+    end
     if which == "mariadb" then db = nil end
 end
 

@@ -23,7 +23,7 @@ local function gen(args)
     local out, err = TMP .. "/genlog-out-" .. seq, TMP .. "/genlog-err-" .. seq
     local cmd = { q(LPROC), q(SCRIPT) }
     for _, a in ipairs(args) do cmd[#cmd + 1] = q(a) end
-    local ok, how, code = os.execute(table.concat(cmd, " ") .. " >" .. out .. " 2>" .. err)
+    local _, how, code = os.execute(table.concat(cmd, " ") .. " >" .. q(out) .. " 2>" .. q(err))
     local o, e = slurp(out), slurp(err)
     os.remove(out)
     os.remove(err)

@@ -65,6 +65,15 @@ T.test("a text variable's sub-pattern depends on its delimiters", function()
     for _, c in ipairs(cases) do T.eq(logfmt.compile(c[1]):pattern(), c[2], c[1]) end
 end)
 
+T.test("an address followed by ':' or '.' gives bytes back ($remote_addr:$remote_port)", function()
+    T.eq(logfmt.compile("$remote_addr:$remote_port"):pattern(), [[([0-9A-Fa-f:.]+):(\d++|-)]])
+    T.eq(logfmt.compile("$server_addr."):pattern(), [[([0-9A-Fa-f:.]+)\.]])
+    local f = logfmt.compile("$remote_addr:$remote_port $server_addr:$server_port")
+    T.eq(f:match("203.0.113.9:51234 2001:db8::1:443"),
+        { remote_addr = "203.0.113.9", remote_port = "51234", server_addr = "2001:db8::1", server_port = "443" })
+    T.eq(f:match("203.0.113.9: 1.2.3.4:5"), nil, "a port is required")
+end)
+
 T.test("match returns every variable by name; the first occurrence wins", function()
     local f = logfmt.compile(COMBINED)
     local line = [[203.0.113.9 - alice [01/Nov/2022:00:00:00 -0500] "GET /a?b=1 HTTP/1.1" 200 7259 "-" "UA \x22q\x22 \"r\" \\ end"]]
@@ -238,6 +247,69 @@ T.test("times: offsets, day and year boundaries, leap days, impossible dates", f
     T.eq(t("[01/Jan/0999:00:00:00 +0000]"), "date out of range in $time_local (01/Jan/0999:00:00:00 +0000)")
     T.eq(t("[31/Dec/9999:23:00:00 -0100]"), "date out of range in $time_local (31/Dec/9999:23:00:00 -0100)")
     T.eq(t("msec=99999999999999"), "date out of range in $msec (99999999999999)")
+end)
+
+T.test("parse_url: the URL split of a request target, as lines get it", function()
+    local e = engine()
+    local function url(target, connect) return table.pack(e:parse_url(target, connect)) end
+    local function want(...) return table.pack(...) end
+    T.eq(url("HTTP://User:pw@EXample.COM:8080/a;jsessionid=XYZ/b?q=1&sid=2#frag"),
+        want("http", "example.com", 8080, "/a;jsessionid=XYZ/b", "q=1&sid=2", "XYZ"))
+    T.eq(url("/p?phpsessid=Q%20"), want(nil, nil, nil, "/p", "phpsessid=Q%20", "Q%20"))
+    T.eq(url("http://[2001:DB8::1]:443"), want("http", "2001:db8::1", 443, nil, nil, nil))
+    T.eq(url("http://h:65536/x"), want("http", nil, nil, "/x", nil, nil), "a port out of range")
+    T.eq(url("*"), want(nil, nil, nil, "*", nil, nil))
+    T.eq(url("example.com:443"), want(nil, nil, nil, nil, nil, nil), "authority form without CONNECT")
+    T.eq(url("example.com:443", true), want(nil, "example.com", 443, nil, nil, nil))
+    T.eq(url("/\255\0?\27[2J"), want(nil, nil, nil, "/\u{FFFD}\u{FFFD}", "\u{FFFD}[2J", nil))
+    T.eq(url(""), want(nil, nil, nil, nil, nil, nil))
+    local line = [[1.2.3.4 - - [01/Nov/2022:00:00:00 -0500] "GET /a?sid=9 HTTP/1.1" 200 1 "-" "-"]]
+    T.eq(e:parse_url("/a?sid=9"), nil)
+    local r = table.pack(e:process(line, "i"))
+    T.eq({ r[22], r[23], r[24] }, { "/a", "sid=9", "9" }, "path, query and rest_session of the line")
+    T.eq(errmsg(function() e:parse_url({}) end), "bad argument #1 to 'parse_url' (string expected, got table)")
+    local m
+    m = engine{ map = function() m:parse_url("/") end }
+    T.eq((select(2, m:process(line, "i")):gsub("^map error: [^:]+:%d+: ", "")),
+        "logfmt.parse_url: called from the mapping function")
+    m:close()
+    T.eq(errmsg(function() m:parse_url("/") end), "logfmt.parse_url: engine is closed")
+end)
+
+T.test("user-agent rules see the first 2048 bytes, so a huge user agent costs little", function()
+    local e = engine{ ua = { browser = { { "Firefox/", "Firefox" } },
+                             device = { { "Android(?!.*Mobile)", "tablet" }, { "Mobile", "mobile" } } } }
+    local function ua(agent)
+        local r = table.pack(e:process('1.2.3.4 - - [01/Nov/2022:00:00:00 -0500] "GET / HTTP/1.1" 200 1 "-" "'
+            .. agent .. '"', "i"))
+        return { r[33], r[35], #r[32] }      -- browser, device, length of user_agent
+    end
+    T.eq(ua("Firefox/1" .. string.rep("x", 60000)), { "Firefox", nil, 60009 })
+    T.eq(ua(string.rep("x", 2041) .. "Firefox/1"), { nil, nil, 2050 }, "past the first 2048 bytes")
+    T.eq(ua(string.rep("x", 2040) .. "Firefox/1"), { "Firefox", nil, 2049 }, "ends at byte 2048")
+    -- Quadratic in what it sees: 9000 "Android" each scanning to the end cost 0.4 s a line.
+    local evil = string.rep("Android", 9000) .. " Mobile"
+    local t0 = require("lproc.sys").now()
+    for i = 1, 10 do T.eq(ua(evil .. i), { nil, "tablet", #evil + #tostring(i) }) end
+    T.ok(require("lproc.sys").now() - t0 < 5, "10 lines with a 63 KB user agent in under 5 s")
+end)
+
+T.test("a GeoIP database closed under a live engine: answers stay, nothing dangles", function()
+    local db = assert(require("lproc.geoip").open((os.getenv("LPROC_ROOT") or ".") .. "/build/country.mmdb"))
+    local e = logfmt.engine{ formats = { { name = "ip", format = "$remote_addr $status" } }, geoip = { db } }
+    local function geo(line)
+        local r = table.pack(e:process(line, "i"))
+        return { r[10], r[11], r[12] }      -- country, country_code, city
+    end
+    T.eq(geo("8.8.8.8 200"), { "United States", "US", nil })
+    db:close()
+    T.eq(geo("8.8.8.8 200"), { "United States", "US", nil }, "the engine's cached answer")
+    T.eq(geo("1.1.1.1 200"), { nil, nil, nil }, "a closed database knows nothing")
+    db = assert(require("lproc.geoip").open((os.getenv("LPROC_ROOT") or ".") .. "/build/country.mmdb"))
+    local m = logfmt.engine{ formats = { { name = "ip", format = "$remote_addr $status" } }, geoip = { db },
+                             map = function(rec) db:close(); collectgarbage() end }
+    T.eq(m:json("9.9.9.9 200", "i"):match('"country":"[^"]*","country_code":"[^"]*"'),
+        '"country":"United States","country_code":"US"', "closed by the mapping function")
 end)
 
 T.test("a closed engine refuses every method; close twice is fine", function()

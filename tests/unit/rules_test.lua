@@ -1,5 +1,5 @@
 -- rules_test.lua: lproc.rules, the face of the cleaning rules: formats, columns, the mapping
--- function, custom columns, user-agent rules, GeoIP, and the schema in sql/clean_log.sql.
+-- function, custom columns, user-agent rules, GeoIP, and the schema in sql/schema.sql.
 local ROOT = os.getenv("LPROC_ROOT") or "."
 package.path = ROOT .. "/scripts/lib/?.lua;" .. package.path
 local T = require "testing"
@@ -74,13 +74,13 @@ T.test("declaration errors point at the declaration", function()
         "rules: geoip.open: /nonexistent.mmdb: No such file or directory")
 end)
 
-T.test("columns: id first, custom last, and the same as sql/clean_log.sql", function()
+T.test("columns: id first, custom last, and the same as sql/schema.sql", function()
     local R = new()
     R:column("cache_status", "VARCHAR(16)", { index = true })
     local cols = R:columns()
     T.eq(cols[1], { name = "id", type = "CHAR(64)", null = false, custom = false, index = false })
     T.eq(cols[#cols], { name = "cache_status", type = "VARCHAR(16)", null = true, custom = true, index = true })
-    local f = assert(io.open(ROOT .. "/sql/clean_log.sql"))
+    local f = assert(io.open(ROOT .. "/sql/schema.sql"))
     local sql = f:read("a")
     f:close()
     local body = sql:match("CREATE TABLE IF NOT EXISTS clean_log (%b())")
@@ -196,6 +196,20 @@ T.test("a custom column named like a variable is filled from it, converted to it
     r = row(R, "200 - - -")
     T.eq({ r.upstream_status, r.upstream_addr, r.gzip_ratio }, { nil, nil, nil })
     T.eq(row(R, "200 50x - -"), "column upstream_status: $upstream_status not an integer")
+    local D = rules.new()
+    D:format("d", "$status $seen_at $seen_day $seen_time")
+    D:column("seen_at", "DATETIME")
+    D:column("seen_day", "DATE")
+    D:column("seen_time", "TIME")
+    D:compile()
+    r = row(D, "200 2024-02-29_10:00:00 2024-02-29 23:59:59")
+    T.eq(r, "column seen_at: $seen_at not a 'YYYY-MM-DD HH:MM:SS' text")
+    T.eq(row(D, "200 - 2023-02-29 -"), "column seen_day: $seen_day impossible date")
+    T.eq(row(D, "200 - - 24:00:00"), "column seen_time: $seen_time impossible time")
+    function D.map(rec) rec.seen_at = "2024-02-29 23:59:59" end
+    D:compile()
+    r = row(D, "200 - 2024-02-29 00:00:00")
+    T.eq({ r.seen_at, r.seen_day, r.seen_time }, { "2024-02-29 23:59:59", "2024-02-29", "00:00:00" })
     T.eq(row(R, "200 99999 - -"), "column upstream_status: $upstream_status out of range")
 end)
 
@@ -260,6 +274,18 @@ T.test("max_line: a longer line is a reject, not parsed", function()
     T.eq(row(R, PROXY_LINE), "line too long (126 bytes, max 100)")
     T.eq(errmsg(function() new{ max_line = 2^40 }:compile() end):match("rules: .*"),
         "rules: max_line must be an integer from 1 to 16777216")
+end)
+
+T.test("scripts/clean.lua: combined and proxy mixed, and it compiles", function()
+    local real = package.loaded["lproc.clean"]
+    package.loaded["lproc.clean"] = { main = function(R) return R end }
+    local R = dofile(ROOT .. "/scripts/clean.lua")
+    package.loaded["lproc.clean"] = real
+    R.geoip = { TEST_DB }
+    R:compile()
+    T.eq(row(R, COMBINED_LINE).path, "/shop/cart")
+    T.eq(row(R, PROXY_LINE).session, "Z9Y8X7W6V5U4T3S")
+    T.eq(row(R, "junk"), "no format matches")
 end)
 
 T.done()

@@ -8,6 +8,7 @@
 -- then reported in one line (exit 1); refused credentials are reported at once. Later, a lost
 -- connection is waited for with exponential backoff, for as long as it takes.
 local amqp = require "lproc.amqp"
+local config = require "lproc.config"
 local sys = require "lproc.sys"
 local util = require "lproc.util"
 
@@ -34,8 +35,12 @@ function M.connect(url, opts)
     opts = opts or {}
     local back = util.backoff(0.2, 5)
     local deadline = opts.forever and math.huge or sys.now() + (opts.startup or 10)
+    local copts = { heartbeat = opts.heartbeat or 30, timeout = 5 }
+    if url:find("^amqps:") then
+        for k, v in pairs(config.amqp_tls()) do copts[k] = v end
+    end
     while true do
-        local conn, err = amqp.connect(url, { heartbeat = opts.heartbeat or 30, timeout = 5 })
+        local conn, err = amqp.connect(url, copts)
         if conn then return conn end
         if M.is_fatal(err) then return nil, err end
         local d = back.next()

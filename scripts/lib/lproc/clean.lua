@@ -87,7 +87,7 @@ end
 -- Dry-run: one JSON object per input line on stdout, nothing else touched.
 local function dry_run(R, file, source_opt)
     local r, err = reader.open(file)
-    if not r then util.die(NAME, "%s", (err:gsub("^reader%.open", "cannot read"))) end
+    if not r then util.die(NAME, "%s", (err:gsub("^reader%.open:", "cannot read"))) end
     local source = source_opt or (file == "-" and "stdin" or sys.realpath(file))
     local out = io.stdout
     out:setvbuf("full", 1 << 16)

@@ -79,6 +79,18 @@ function M.amqp_url()
         M.get("RABBIT_HOST") or "localhost", M.get("RABBIT_PORT") or "5672", pct(vhost))
 end
 
+-- M.amqp_tls() -> the TLS options for an amqps:// URL: LPROC_AMQP_CACERT (default: the
+-- system's CA bundle), LPROC_AMQP_CERT and LPROC_AMQP_KEY (a client certificate), and
+-- LPROC_AMQP_VERIFY=0 to skip verifying the broker's certificate (not recommended).
+function M.amqp_tls()
+    local ca = M.get("LPROC_AMQP_CACERT")
+    if not ca and sys.stat("/etc/ssl/certs/ca-certificates.crt") then
+        ca = "/etc/ssl/certs/ca-certificates.crt"
+    end
+    return { cacert = ca, cert = M.get("LPROC_AMQP_CERT"), key = M.get("LPROC_AMQP_KEY"),
+             verify = M.get("LPROC_AMQP_VERIFY") ~= "0" }
+end
+
 -- M.mysql_url() -> url | nil, what is missing
 function M.mysql_url()
     local url = M.get("LPROC_MYSQL_URL")

@@ -23,7 +23,8 @@ M.OPTIONS = {
 }
 
 M.OPTIONS_HELP = [[
-  --prefetch N        unacknowledged messages the broker may send ahead (default 1000)
+  --prefetch N        unacknowledged lines the broker may send ahead (default 1000; with
+                      batch messages, PREFETCH / lines-per-message messages)
   --batch-rows N      rows per transaction (default 1000)
   --batch-ms MS       longest wait before a partial batch is written (default 200)
   --idle-exit S       exit 0 once the queue has been idle S seconds and all is committed
@@ -86,6 +87,9 @@ function M.run(spec)
 
     -- Connecting -------------------------------------------------------------------------
     local mq, db
+    -- The prefetch counts lines: when batch messages arrive, fewer messages are let ahead, so
+    -- the memory in flight stays bounded whatever the producer's --batch.
+    local qos_msgs = PREFETCH
 
     local function db_connect(forever)
         local back = util.backoff(0.2, 5)
@@ -124,7 +128,7 @@ function M.run(spec)
             end
             local ok
             ok, err = broker.declare(c, NAME, { quorum = opts.quorum })
-            if ok then ok, err = c:qos(PREFETCH) end
+            if ok then ok, err = c:qos(qos_msgs) end
             if ok then ok, err = c:consume(QUEUE) end
             if ok then return c end
             c:close()
@@ -329,10 +333,19 @@ function M.run(spec)
             elseif #got > 0 then
                 last_msg = sys.now()
                 batch_started = batch_started or last_msg
+                local most = 1
                 for i = 1, #got do
                     local msg = got[i]
                     msgs[#msgs + 1] = msg
-                    n_lines = n_lines + feed(msg, line_fn)
+                    local k = feed(msg, line_fn)
+                    n_lines = n_lines + k
+                    if k > most then most = k end
+                end
+                local want = math.max(2, PREFETCH // most)
+                if want < qos_msgs then
+                    qos_msgs = want
+                    local ok, qerr = mq:qos(qos_msgs)
+                    if not ok then log("cannot lower the prefetch (%s)", qerr) end
                 end
                 n_msgs = n_msgs + #got
                 pending_rows = count_rows()
@@ -340,7 +353,7 @@ function M.run(spec)
         end
 
         local now = sys.now()
-        if #msgs > 0 and (pending_rows >= BATCH_ROWS or #msgs >= PREFETCH // 2
+        if #msgs > 0 and (pending_rows >= BATCH_ROWS or #msgs >= math.max(1, qos_msgs // 2)
                 or now - batch_started >= BATCH_SECS) then
             flush()
         end

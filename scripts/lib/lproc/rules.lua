@@ -33,6 +33,28 @@
 -- filled from it before the mapping function runs. Writing a standard column does not
 -- recompute the columns derived from it. An error in the mapping function makes the line a
 -- reject "map error: script:line: message", and the run goes on.
+--
+-- What the standard columns hold (all computed in C, see src/lua_logfmt.c):
+--   * timestamp, year, month, day, day_of_week, time: UTC, from the offset logged in
+--     $time_local / $time_iso8601 (or $msec). An impossible date (30/Feb, month "Foo", 24:00:00,
+--     offset +0099) or one outside 1000..9999 is a reject.
+--   * "-" (or nothing) is NULL for session, user, referrer, user_agent, vhost; sizes "-" are 0.
+--   * url is the request target as logged (nginx escapes such as \x22 stay as text); a request
+--     that is not "METHOD TARGET PROTOCOL" (e.g. "-", TLS handshake bytes) keeps url = the
+--     request and NULL rest_method / protocol / URL parts. host is lower-case, without port,
+--     brackets or user info; a port outside 0..65535 makes host and port NULL. The fragment
+--     (#...) is in no part. Percent-escapes are kept.
+--   * status_verbose: the IANA reason phrase (RFC 9110 names), plus nginx's own 444, 494, 495,
+--     496, 497 and 499 ("Client Closed Request"); NULL for other codes (418, 906...).
+--   * size_kilo_bytes / size_mega_bytes are exact DECIMALs (bytes / 1024, bytes / 1048576);
+--     sizes above 2^63 - 1 are rejects. request_time is DECIMAL(12,3), rounded half up.
+--   * Text is valid UTF-8: each invalid sequence (maximal subpart) and each control character
+--     (C0, DEL, C1: tab and ESC included) becomes U+FFFD; values longer than their column are
+--     cut at a character boundary. The raw line stays intact in raw_log / clean_log_reject.
+--   * GeoIP: the country (code and name together) from the first database that knows the
+--     address's country, the city from the first that knows its city; answers are cached.
+--   * A trailing "\r" or "\n" is ignored; lines over max_line (default 65536 bytes, at most
+--     16 MiB) are rejects "line too long (N bytes, max M)" without being parsed.
 local logfmt = require "lproc.logfmt"
 
 local M = {}

@@ -1,6 +1,20 @@
--- The tables of the cleaning step (MariaDB / MySQL, utf8mb4). scripts/clean.lua creates them
--- when missing, from the same column list (R:columns()); custom columns declared in the rules
--- come after vhost. Identifiers are quoted: `schema` is a reserved word.
+-- lproc's schema (MariaDB / MySQL, utf8mb4). The consumers create these tables when they are
+-- missing (lake.lua: raw_log; clean.lua: clean_log and clean_log_reject, from its rules'
+-- column list R:columns()), so running this file by hand is optional. A test checks that
+-- this file and the consumers create the same tables.
+
+-- Every line, byte for byte (LONGBLOB: any byte sequence), with where it came from.
+CREATE TABLE IF NOT EXISTS raw_log (
+    id          CHAR(64) CHARACTER SET ascii NOT NULL,
+    line        LONGBLOB NOT NULL,
+    source      VARBINARY(1024) NULL,
+    `offset`    BIGINT UNSIGNED NULL,
+    ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (id),
+    KEY raw_log_ingested (ingested_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The tables of the cleaning step. Custom columns declared in the rules come after vhost. Identifiers are quoted: `schema` is a reserved word.
 --
 -- Values: timestamp and its parts are UTC; strings are valid UTF-8 without control characters
 -- (replaced by U+FFFD) and cut to their column's size; size_kilo_bytes and size_mega_bytes are
