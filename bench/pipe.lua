@@ -11,6 +11,8 @@
 --                                        raw_log in neither clean table, BOTH = in both;
 --                                        exit status 1 unless RAW = CLEAN + REJECT = N and
 --                                        LOST = BOTH = 0
+--   lproc bench/pipe.lua depth           prints "LAKE CLEAN" (messages waiting in each queue)
+--                                        every 0.5 s until SIGTERM
 --   lproc bench/pipe.lua versions        prints the MariaDB server version
 --
 -- `wait` polls the server's Handler_write counter (rows written) every 20 ms: cheap, so the
@@ -103,10 +105,22 @@ elseif cmd == "check" then
     lost, both = math.tointeger(tonumber(lost.n)), math.tointeger(tonumber(both.n))
     print(string.format("%d %d %d %d %d", raw, clean, reject, lost, both))
     os.exit(raw == n and clean + reject == n and lost == 0 and both == 0 and 0 or 1)
+elseif cmd == "depth" then
+    local conn, err = amqp.connect(env("LPROC_AMQP_URL"))
+    if not conn then die("%s", err) end
+    sys.signals("TERM", "INT")
+    while not sys.signal() do
+        local _, lake = conn:queue_declare("queue-data-lake", { passive = true })
+        local _, clean = conn:queue_declare("queue-data-clean", { passive = true })
+        io.stdout:write(string.format("%d %d\n", lake or 0, clean or 0))
+        io.stdout:flush()
+        sys.sleep(0.5)
+    end
+    conn:close()
 elseif cmd == "versions" then
     local c = db()
     print("MariaDB " .. c:server_version())
     c:close()
 else
-    die("usage: lproc bench/pipe.lua reset | wait N TIMEOUT | check N | versions")
+    die("usage: lproc bench/pipe.lua reset | wait N TIMEOUT | check N | depth | versions")
 end

@@ -222,7 +222,7 @@ ceiling_run() {   # ceiling_run KEY RUN
 
 # 3./4. End to end: consumers waiting, then the producer; until every line is committed.
 e2e_run() {   # e2e_run KEY RUN [PRODUCER OPTIONS...]
-    local key=$1 r=$2 lt ct wp t0 t1 b0 b1 m0 m1 res ok
+    local key=$1 r=$2 lt ct wp dp t0 t1 b0 b1 m0 m1 res ok
     shift 2
     reset
     $TIME -v -o "$W/lake.time" "$LPROC" scripts/lake.lua --progress 0 > "$W/lake.log" 2>&1 & lt=$!
@@ -235,12 +235,17 @@ e2e_run() {   # e2e_run KEY RUN [PRODUCER OPTIONS...]
     children+=("$wp")
     exec 3< "$W/wait.fifo"
     read -r -t 30 -u 3 ok || fail "bench/pipe.lua wait did not start"
+    "$LPROC" bench/pipe.lua depth > "$W/depth.txt" & dp=$!
+    children+=("$dp")
     b0=$(cpu_of "$BEAM_PID"); m0=$(cpu_of "$MDB_PID"); t0=$(now)
     $TIME -v -o "$W/prod.time" "$LPROC" scripts/producer.lua --progress 0 "$@" "$W/pipe.log" \
         > "$W/prod.log" 2>&1 || { cat "$W/prod.log" >&2; fail "the producer failed"; }
     read -r -u 3 res t1 || fail "bench/pipe.lua wait died"
     exec 3<&-
     b1=$(cpu_of "$BEAM_PID"); m1=$(cpu_of "$MDB_PID")
+    kill -TERM "$dp"; wait "$dp"
+    put "$key.lake_backlog" "$r" "$(awk 'BEGIN { m = 0 } $1 > m { m = $1 } END { print m }' "$W/depth.txt")"
+    put "$key.clean_backlog" "$r" "$(awk 'BEGIN { m = 0 } $2 > m { m = $2 } END { print m }' "$W/depth.txt")"
     [ "$res" = done ] || { tail "$W/lake.log" "$W/clean.log" >&2; fail "not every line arrived: $res $t1"; }
     wait "$wp"
     stop_consumer "$lt"; stop_consumer "$ct"
@@ -260,6 +265,24 @@ e2e_run() {   # e2e_run KEY RUN [PRODUCER OPTIONS...]
     say "   $key run $r: $(calc "$t1 - $t0") s, $clean clean + $reject rejects"
 }
 
+# The broker with a backlog (diagnosis, once): every message queued first, then drained.
+backlog_run() {
+    local t0 t1 t2 b0 b1 b2 c1 c2
+    reset
+    "$CEILING" declare || fail "ceiling declare failed"
+    b0=$(cpu_of "$BEAM_PID"); t0=$(now)
+    "$CEILING" publish "$W/pipe.log" 4096 lproc > /dev/null || fail "ceiling publish failed"
+    t1=$(now); b1=$(cpu_of "$BEAM_PID")
+    "$CEILING" consume queue-data-lake "$N_PIPE" > /dev/null & c1=$!
+    "$CEILING" consume queue-data-clean "$N_PIPE" > /dev/null & c2=$!
+    children+=("$c1" "$c2")
+    wait "$c1" && wait "$c2" || fail "ceiling consume (backlog) failed"
+    t2=$(now); b2=$(cpu_of "$BEAM_PID")
+    put backlog.pub_wall 1 "$(calc "$t1 - $t0")"; put backlog.drain_wall 1 "$(calc "$t2 - $t1")"
+    put backlog.pub_cpu 1 "$(calc "$b1 - $b0")"; put backlog.drain_cpu 1 "$(calc "$b2 - $b1")"
+    say "   backlog: publish $(calc "$t1 - $t0") s, drain $(calc "$t2 - $t1") s"
+}
+
 say "2-4. broker ceiling and end to end on $N_PIPE lines (interleaved runs)"
 for ((r = 1; r <= runs; r++)); do
     ceiling_run ceil "$r"
@@ -267,6 +290,7 @@ for ((r = 1; r <= runs; r++)); do
     e2e_run e2e "$r"
     e2e_run e2e_batch "$r" --batch "$BATCH"
 done
+backlog_run
 
 # ------------------------------------------------------------------------------------------
 # 5. Producer memory on the big file (batch mode; bare consumers drain the queues meanwhile).
