@@ -7,6 +7,8 @@
 #   make valgrind   the same suite under valgrind
 #   make faults     20 randomised kill -9 trials per component
 #   make fuzz       the libFuzzer harnesses, FUZZ_SECONDS (60) each
+#   make bench      the benchmarks (bench/run.sh), written to bench/results.md
+#   make bench-smoke  the benchmark harness on 10k lines, to prove it runs
 #   make demo       the whole pipeline on private servers and a sample log (make demo-stop)
 
 PKGS     = lua5.4 librabbitmq libmariadb libpcre2-8 libcrypto libmaxminddb zlib
@@ -15,6 +17,9 @@ DEB_PKGS = build-essential pkg-config liblua5.4-dev librabbitmq-dev libmariadb-d
            libpcre2-dev libssl-dev libmaxminddb-dev zlib1g-dev \
            libmaxmind-db-writer-perl tor-geoipdb iso-codes \
            rabbitmq-server mariadb-server mariadb-client valgrind openssl
+# Only for make bench (GoAccess is the reference) and make fuzz (libFuzzer).
+BENCH_PKGS = goaccess time
+FUZZ_PKGS  = clang libclang-rt-14-dev
 
 CC      ?= cc
 OPT     ?= -O2 -g
@@ -57,7 +62,7 @@ check-deps:
 	    exit 1; fi
 
 deps:
-	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	@missing=$$(for p in $(DEB_PKGS) $(EXTRA_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then echo "make deps: all packages are installed"; exit 0; fi; \
 	cmd="apt-get install -y --no-install-recommends $$(echo $$missing)"; \
@@ -91,6 +96,14 @@ build/ceiling: bench/ceiling.c | check-deps
 	@mkdir -p build
 	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LDLIBS)
 
+bench: all build/ceiling
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS='$(BENCH_PKGS)'
+	bench/run.sh
+
+bench-smoke: all build/ceiling
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS='$(BENCH_PKGS)'
+	bench/run.sh --smoke
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh start
@@ -100,6 +113,7 @@ demo-stop:
 
 # libFuzzer harnesses (clang): the cleaning path, URL parsing, the format compiler.
 fuzz: all
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS='$(FUZZ_PKGS)'
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} tests/fuzz/run.sh
 
 # Randomised kill -9 trials of every component (LPROC_FAULT_SEED=N replays a run).

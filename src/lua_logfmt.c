@@ -3075,22 +3075,6 @@ static int l_engine(lua_State *L)
 /* ------------------------------------------------------------------------------------------ */
 
 /* Creates metatable name with methods in __index, close as __gc and __close. */
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction close, lua_CFunction tostring)
-{
-    luaL_newmetatable(L, name);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-}
-
 int luaopen_lproc_logfmt(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -3116,8 +3100,8 @@ int luaopen_lproc_logfmt(lua_State *L)
         {"close", e_close},
         {NULL, NULL},
     };
-    new_class(L, FORMAT_MT, format_methods, f_close, f_tostring);
-    new_class(L, ENGINE_MT, engine_methods, e_close, e_tostring);
+    lproc_newclass(L, FORMAT_MT, format_methods, f_close, f_tostring);
+    lproc_newclass(L, ENGINE_MT, engine_methods, e_close, e_tostring);
     luaL_newmetatable(L, RECORD_MT);
     lua_pushcfunction(L, r_index);
     lua_setfield(L, -2, "__index");
