@@ -15,7 +15,7 @@
 #   --runs N   repetitions of each timed measurement (default 3; --smoke: 1)
 #   --output   where the results go (default bench/results.md; --smoke: only printed)
 #   --keep     keep the working directory (logs, generated files) at the end
-# environment: LPROC (binary, default ./lproc), LPROC_PORT_BASE (ports, default 35800),
+# environment: LPROC (binary, default ./lproc), LPROC_PORT_BASE (ports, default 25800),
 #              BENCH_TMP (parent of the working directory, default /tmp)
 #
 # Exit status: 0 when every step ran and every pipeline run delivered every line exactly
@@ -51,7 +51,7 @@ SEED=1
 
 export LPROC=${LPROC:-./lproc}
 export LPROC_ROOT=$ROOT
-export LPROC_PORT_BASE=${LPROC_PORT_BASE:-35800}
+export LPROC_PORT_BASE=${LPROC_PORT_BASE:-25800}
 CEILING=build/ceiling
 TIME=/usr/bin/time
 CLK_TCK=$(getconf CLK_TCK)

@@ -5,13 +5,13 @@
 #                           print what landed in the tables (servers keep running)
 #   scripts/demo.sh stop    stop the demo's servers
 #
-# The servers listen on 127.0.0.1 only, on ports from LPROC_PORT_BASE (default 35400).
+# The servers listen on 127.0.0.1 only, on ports from LPROC_PORT_BASE (default 25400).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO=$ROOT/.demo
 export LPROC_SRV_DIR=$DEMO/servers
-export LPROC_PORT_BASE=${LPROC_PORT_BASE:-35400}
+export LPROC_PORT_BASE=${LPROC_PORT_BASE:-25400}
 export LPROC_SRV_USER=lproc LPROC_SRV_DB=lproc
 LINES=${DEMO_LINES:-60000}
 

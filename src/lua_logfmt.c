@@ -1600,7 +1600,8 @@ static void do_request(lua_State *L, engine *e, const char *p, size_t n)
     set_text(L, e, C_URL, p, n, 0);
 }
 
-/* $remote_user -> user, is_email, email_domain. */
+/* $remote_user -> user, is_email, email_domain. An address has at most 254 bytes (RFC 5321),
+ * so a longer user, which the user column would also cut, is never an e-mail address. */
 static void do_user(lua_State *L, engine *e, const char *p, size_t n)
 {
     const char *at, *d;
@@ -1609,6 +1610,8 @@ static void do_user(lua_State *L, engine *e, const char *p, size_t n)
     if (n == 0 || is_dash(p, n))
         return;
     set_text(L, e, C_USER, p, n, 0);
+    if (n > 254)
+        return;
     at = memchr(p, '@', n);
     if (at == NULL || at == p || memchr(at + 1, '@', (size_t)(p + n - at - 1)) != NULL)
         return;

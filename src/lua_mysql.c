@@ -70,6 +70,8 @@
 #define MAX_STATEMENT      (16u * 1024 * 1024)   /* default cap of one INSERT statement */
 #define PACKET_MARGIN      4096                   /* room kept below max_allowed_packet */
 #define MIN_MAX_BYTES      256                    /* smallest max_bytes a batch accepts */
+#define ER_LOCAL_FILES_DISABLED 3948              /* MySQL 8 with local_infile OFF (MariaDB:
+                                                    4166, older servers: 1148) */
 
 /* ---------------------------------------------------------------------------------------- */
 /* SQL literals */
@@ -378,6 +380,10 @@ typedef struct conn {
     MYSQL *mysql;           /* NULL when closed */
     MYSQL_RES *res;         /* a result being converted (freed on the next call or close) */
     size_t max_packet;      /* the server's max_allowed_packet */
+    int infile;             /* opened with local_infile: load batches use LOAD DATA LOCAL */
+    int no_load;            /* the server refused LOAD DATA LOCAL: load batches use INSERT */
+    const char *feed;       /* the text a LOAD DATA LOCAL in progress reads, else NULL */
+    size_t feed_len, feed_pos;
 } conn;
 
 /* Frees the connection's result and closes it; safe twice. */
@@ -853,6 +859,8 @@ static int setup_session(conn *c)
         "SET SESSION sql_mode = TRIM(BOTH ',' FROM REPLACE(CONCAT(',', @@SESSION.sql_mode, ','),"
         " ',NO_BACKSLASH_ESCAPES,', ','))";
     static const char get_packet[] = "SELECT @@SESSION.max_allowed_packet";
+    /* A LOAD DATA's warnings are all read back (see load_rows): keep as many as there are. */
+    static const char all_warnings[] = "SET SESSION max_error_count = 65535";
     unsigned int status = 0;
     MYSQL_RES *res;
     MYSQL_ROW row;
@@ -863,6 +871,8 @@ static int setup_session(conn *c)
     if ((status & SERVER_STATUS_NO_BACKSLASH_ESCAPES) != 0
         && mysql_real_query(c->mysql, fix_mode, sizeof fix_mode - 1) != 0)
         return -1;
+    if (c->infile && mysql_real_query(c->mysql, all_warnings, sizeof all_warnings - 1) != 0)
+        return -1;
     if (mysql_real_query(c->mysql, get_packet, sizeof get_packet - 1) != 0)
         return -1;
     res = mysql_store_result(c->mysql);
@@ -872,6 +882,38 @@ static int setup_session(conn *c)
     c->max_packet = row != NULL && row[0] != NULL ? (size_t)strtoull(row[0], NULL, 10) : 0;
     mysql_free_result(res);
     return 0;
+}
+
+/* LOAD DATA LOCAL INFILE is served from memory only: whatever file name the server asks for,
+ * the client reads c->feed, the text of the batch being loaded, and nothing when no batch is
+ * being loaded. So a server can never make lproc send one of its files. */
+static int infile_init(void **ptr, const char *filename, void *userdata)
+{
+    conn *c = userdata;
+    *ptr = c;
+    c->feed_pos = 0;
+    return c->feed == NULL ? 1 : 0;
+}
+
+static int infile_read(void *ptr, char *buf, unsigned int buf_len)
+{
+    conn *c = ptr;
+    size_t n = c->feed_len - c->feed_pos;
+    if (n > buf_len)
+        n = buf_len;
+    memcpy(buf, c->feed + c->feed_pos, n);
+    c->feed_pos += n;
+    return (int)n;
+}
+
+static void infile_end(void *ptr)
+{
+}
+
+static int infile_error(void *ptr, char *msg, unsigned int len)
+{
+    snprintf(msg, len, "lproc.mysql sends no file: LOAD DATA LOCAL serves only batches");
+    return CR_UNKNOWN_ERROR;
 }
 
 /* mysql.connect(url [, opts]) -> conn | nil, err, code
@@ -934,6 +976,10 @@ static int l_connect(lua_State *L)
     c->mysql = NULL;
     c->res = NULL;
     c->max_packet = 0;
+    c->infile = (int)infile;
+    c->no_load = 0;
+    c->feed = NULL;
+    c->feed_len = c->feed_pos = 0;
     luaL_setmetatable(L, CONN_MT);
     lua_pushvalue(L, 6);
     lua_setiuservalue(L, 7, 1);
@@ -949,6 +995,9 @@ static int l_connect(lua_State *L)
     mysql_optionsv(c->mysql, MYSQL_OPT_READ_TIMEOUT, &rtimeout);
     mysql_optionsv(c->mysql, MYSQL_OPT_WRITE_TIMEOUT, &wtimeout);
     mysql_optionsv(c->mysql, MYSQL_OPT_LOCAL_INFILE, &infile);
+    if (infile)
+        mysql_set_local_infile_handler(c->mysql, infile_init, infile_read, infile_end,
+                                       infile_error, c);
     mysql_optionsv(c->mysql, MYSQL_OPT_RECONNECT, &no);
     mysql_optionsv(c->mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4");
     if (mode != SSL_DISABLED)
@@ -999,6 +1048,7 @@ typedef struct batch {
     size_t stmt_cap;
     size_t max_bytes;       /* 0: the connection's limit */
     int ncols;
+    int load;               /* sent with LOAD DATA LOCAL when the connection allows it */
     int closed;
 } batch;
 
@@ -1068,7 +1118,7 @@ static int l_batch(lua_State *L)
 {
     static const char fname[] = "mysql.batch";
     static const char *const dup_modes[] = {"none", "ignore", "update", NULL};
-    int ncols, i, dup = 0, nkeys = 0, first;
+    int ncols, i, dup = 0, nkeys = 0, first, load = 0;
     lua_Integer max_bytes = 0;
     luaL_Buffer buf;
     batch *b;
@@ -1101,6 +1151,14 @@ static int l_batch(lua_State *L)
             luaL_checktype(L, -1, LUA_TTABLE);
             nkeys = (int)luaL_len(L, -1);
         }
+        if (lua_getfield(L, 3, "load") != LUA_TNIL) {
+            if (!lua_isboolean(L, -1))
+                return luaL_error(L, "%s: load must be a boolean", fname);
+            load = lua_toboolean(L, -1);
+        }
+        if (load && dup != 1)
+            return luaL_error(L, "%s: load needs on_duplicate = \"ignore\" (LOAD DATA LOCAL "
+                                 "skips duplicates)", fname);
         lua_settop(L, 3);
     }
     lua_settop(L, 3);
@@ -1160,15 +1218,34 @@ static int l_batch(lua_State *L)
     }
     luaL_pushresult(&buf);
 
-    b = lua_newuserdatauv(L, sizeof *b, 2);
+    /* 6: "LOAD DATA LOCAL INFILE ... (`a`,`b`)" in the text format of rows_to_text, or "" */
+    luaL_buffinit(L, &buf);
+    if (load) {
+        luaL_addstring(&buf, "LOAD DATA LOCAL INFILE 'lproc-batch' IGNORE INTO TABLE ");
+        add_ident(L, &buf, 1, fname);
+        luaL_addstring(&buf, " CHARACTER SET binary FIELDS TERMINATED BY '\\t' ESCAPED BY "
+                             "'\\\\' LINES TERMINATED BY '\\n' (");
+        for (i = 1; i <= ncols; i++) {
+            lua_geti(L, 2, i);
+            if (i > 1)
+                luaL_addchar(&buf, ',');
+            add_ident(L, &buf, lua_gettop(L), fname);
+            lua_pop(L, 1);
+        }
+        luaL_addchar(&buf, ')');
+    }
+    luaL_pushresult(&buf);
+
+    b = lua_newuserdatauv(L, sizeof *b, 3);
     memset(b, 0, sizeof *b);
     b->ncols = ncols;
     b->max_bytes = (size_t)max_bytes;
+    b->load = load;
     luaL_setmetatable(L, BATCH_MT);
-    lua_pushvalue(L, 4);
-    lua_setiuservalue(L, -2, 1);
-    lua_pushvalue(L, 5);
-    lua_setiuservalue(L, -2, 2);
+    for (i = 1; i <= 3; i++) {
+        lua_pushvalue(L, 3 + i);
+        lua_setiuservalue(L, -2, i);
+    }
     return 1;
 }
 
@@ -1252,6 +1329,146 @@ static int b_tostring(lua_State *L)
     return 1;
 }
 
+/* Rewrites rows in the literal form batch:add writes, "(v,...),(v,...),", into the text
+ * LOAD DATA reads (FIELDS TERMINATED BY TAB ESCAPED BY backslash, LINES TERMINATED BY LF):
+ * NULL becomes \N, a string loses its quotes and keeps its backslash escapes (LOAD DATA reads
+ * \0 \n \r \Z \\ as a literal does, and \' \" as the quote), a TAB in it becomes \t; numbers
+ * stay. dst needs room for 2 * n bytes; returns the bytes written. */
+static size_t rows_to_text(const char *s, size_t n, char *dst)
+{
+    char *d = dst;
+    size_t i = 0;
+    while (i < n) {
+        char ch = s[i++];
+        switch (ch) {
+        case '\'':
+            for (; s[i] != '\''; i++) {
+                if (s[i] == '\\') {
+                    *d++ = s[i++];
+                    *d++ = s[i];
+                } else if (s[i] == '\t') {
+                    *d++ = '\\';
+                    *d++ = 't';
+                } else {
+                    *d++ = s[i];
+                }
+            }
+            i++;
+            break;
+        case '(':
+            break;
+        case ')':
+            *d++ = '\n';
+            i++;                            /* the ',' after every row */
+            break;
+        case ',':
+            *d++ = '\t';
+            break;
+        case 'N':                           /* NULL */
+            *d++ = '\\';
+            *d++ = 'N';
+            i += 3;
+            break;
+        default:
+            *d++ = ch;
+        }
+    }
+    return (size_t)(d - dst);
+}
+
+/* After a LOAD DATA that left `count` warnings: 0 when every one is a skipped duplicate (1062);
+ * otherwise pushes nil, "<fname>: <the first other warning> (<code>)", code (the server
+ * coerced a value that a strict INSERT would have refused) and returns -1. */
+static int check_warnings(lua_State *L, conn *c, unsigned int count, const char *fname)
+{
+    static const char show[] = "SHOW WARNINGS";
+    MYSQL_RES *res;
+    MYSQL_ROW row;
+    unsigned int seen = 0;
+    if (mysql_real_query(c->mysql, show, sizeof show - 1) != 0
+        || (res = mysql_store_result(c->mysql)) == NULL)
+        return push_error(L, c, fname), -1;
+    while ((row = mysql_fetch_row(res)) != NULL) {
+        long code = row[1] != NULL ? strtol(row[1], NULL, 10) : 0;
+        seen++;
+        if (code != ER_DUP_ENTRY) {
+            luaL_pushfail(L);
+            lua_pushfstring(L, "%s: %s (%d)", fname, row[2] != NULL ? row[2] : "?", (int)code);
+            lua_pushinteger(L, code);
+            mysql_free_result(res);
+            return -1;
+        }
+    }
+    mysql_free_result(res);
+    if (seen < count) {
+        luaL_pushfail(L);
+        lua_pushfstring(L, "%s: LOAD DATA left %d warnings, %d of them shown (%d)", fname,
+                        (int)count, (int)seen, ER_UNKNOWN_ERROR);
+        lua_pushinteger(L, ER_UNKNOWN_ERROR);
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs one statement of SQL text without results; 0 or -1 (the error is the connection's). */
+static int run_plain(conn *c, const char *sql)
+{
+    return mysql_real_query(c->mysql, sql, (unsigned long)strlen(sql));
+}
+
+/* Sends every row of the load batch at index 2 as one LOAD DATA LOCAL ... IGNORE, served from
+ * memory, all or nothing as an INSERT would be: in a savepoint inside the caller's
+ * transaction, else in a transaction of its own. Returns the number of values pushed
+ * (affected_rows | nil, err, code), or 0 when the server does not allow LOAD DATA LOCAL: then
+ * c->no_load is set, nothing changed, and the caller uses INSERT. */
+static int load_rows(lua_State *L, conn *c, batch *b, const char *fname)
+{
+    size_t n, sql_len;
+    const char *sql;
+    my_ulonglong affected;
+    unsigned int status = 0, warnings;
+    int rc, own;
+
+    if (b->len > SIZE_MAX / 2 || reserve((void **)&b->stmt, &b->stmt_cap, 2 * b->len, 1) != 0)
+        return luaL_error(L, "%s: not enough memory", fname);
+    n = rows_to_text(b->buf, b->len, b->stmt);
+    lua_getiuservalue(L, 2, 3);
+    sql = lua_tolstring(L, -1, &sql_len);
+    mariadb_get_infov(c->mysql, MARIADB_CONNECTION_SERVER_STATUS, &status);
+    own = (status & SERVER_STATUS_IN_TRANS) == 0;
+    if (run_plain(c, own ? "START TRANSACTION" : "SAVEPOINT lproc_load") != 0)
+        return push_error(L, c, fname);
+    c->feed = b->stmt;
+    c->feed_len = n;
+    rc = mysql_real_query(c->mysql, sql, (unsigned long)sql_len);
+    c->feed = NULL;
+    if (rc != 0) {
+        unsigned int code = mysql_errno(c->mysql);
+        if (code == ER_LOAD_INFILE_CAPABILITY_DISABLED || code == ER_NOT_ALLOWED_COMMAND
+            || code == ER_LOCAL_FILES_DISABLED) {
+            c->no_load = 1;
+            if (own && run_plain(c, "ROLLBACK") != 0)
+                return push_error(L, c, fname);
+            return 0;
+        }
+        push_error(L, c, fname);
+        if (own)
+            run_plain(c, "ROLLBACK");
+        return 3;
+    }
+    affected = mysql_affected_rows(c->mysql);
+    warnings = mysql_warning_count(c->mysql);
+    if (warnings > 0 && check_warnings(L, c, warnings, fname) != 0) {
+        /* The server coerced a value: undo the rows, keep the first error (pushed). */
+        run_plain(c, own ? "ROLLBACK" : "ROLLBACK TO SAVEPOINT lproc_load");
+        return 3;
+    }
+    if (own && run_plain(c, "COMMIT") != 0)
+        return push_error(L, c, fname);
+    lua_pushinteger(L, (lua_Integer)affected);
+    return 1;
+}
+
 /* conn:insert(batch) -> affected_rows | nil, err, code
  * Sends the rows as multi-row INSERTs of at most max_bytes each (a row larger than that goes
  * alone). Does not clear the batch. affected_rows sums the statements' counts: 1 per new row;
@@ -1270,6 +1487,11 @@ static int c_insert(lua_State *L)
         return 1;
     }
     check_escaping(L, c, fname);
+    if (b->load && c->infile && !c->no_load) {
+        int pushed = load_rows(L, c, b, fname);
+        if (pushed > 0)
+            return pushed;
+    }
     limit = c->max_packet > PACKET_MARGIN + MIN_MAX_BYTES ? c->max_packet - PACKET_MARGIN
                                                            : MAX_STATEMENT;
     if (limit > MAX_STATEMENT)

@@ -11,18 +11,21 @@
 #   env      shell lines: the URLs for lproc, and what rabbitmqctl needs to reach the node
 #
 # Knobs (environment): LPROC_SRV_DIR (default /tmp/lproc-servers-$UID), LPROC_PORT_BASE
-# (default 35600; every port is BASE+n), LPROC_SRV_USER, LPROC_SRV_PASS, LPROC_SRV_DB,
+# (default 25600; every port is BASE+n), LPROC_SRV_USER, LPROC_SRV_PASS, LPROC_SRV_DB,
 # START_TIMEOUT (seconds).
 #
 # Pitfalls this script handles: Debian's /usr/sbin/rabbitmq* wrappers `su rabbitmq`, so the
 # upstream scripts under /usr/lib/rabbitmq/bin are used; the node is named @localhost so the
 # machine's host name does not matter; a private epmd on its own port runs in the foreground
 # so its PID is ours; the Erlang cookie must be mode 400; mariadbd refuses to run as root
-# without --user=root; zombies count as dead (kill -0 succeeds on them).
+# without --user=root; zombies count as dead (kill -0 succeeds on them). Ports stay below the
+# kernel's ephemeral range (32768-60999): a client connecting there to a server not yet
+# listening can be given the very same port and connect to itself, and then hold the port the
+# server wants; for the same reason the start-up ping goes through the Unix socket.
 set -euo pipefail
 
 BASE_DIR=${LPROC_SRV_DIR:-/tmp/lproc-servers-$(id -u)}
-PB=${LPROC_PORT_BASE:-35600}
+PB=${LPROC_PORT_BASE:-25600}
 RMQ_PORT=$((PB + 2))
 RMQ_DIST_PORT=$((PB + 3))
 EPMD_PORT=$((PB + 4))
@@ -235,7 +238,7 @@ mdb_start() {   # mdb_start [fresh|resume]
     echo $! > "$M/mariadbd.pid"
     local i ok=
     for ((i = 0; i < START_TIMEOUT * 50; i++)); do
-        if mariadb-admin --defaults-file="$M/my.cnf" -uroot ping >/dev/null 2>&1; then ok=1; break; fi
+        if mariadb-admin --defaults-file="$M/my.cnf" --protocol=socket -uroot ping >/dev/null 2>&1; then ok=1; break; fi
         alive "$(readpid "$M/mariadbd.pid")" mariadbd || break
         sleep 0.02
     done

@@ -306,6 +306,76 @@ T.test("bytes survive exactly through a batch insert", function()
     check_bytes("bytes_b")
 end)
 
+local function com_load(c)
+    return tonumber(ok(c:query_one("SHOW SESSION STATUS LIKE 'Com_load'")).Value)
+end
+
+T.test("load batches: LOAD DATA LOCAL from memory, the same bytes and rows as INSERT", function()
+    local lc = connect({ local_infile = true })
+    bytes_table(lc, "bytes_l")
+    local b = mysql.batch("bytes_l", { "id", "b", "v" }, { on_duplicate = "ignore", load = true })
+    for i, s in ipairs(TRICKY) do b:add(i, s, s) end
+    b:add(#TRICKY + 1, BIG, BIG:sub(1, 1024))
+    local loads, inserts = com_load(lc), com_insert(lc)
+    T.eq(ok(lc:insert(b)), #TRICKY + 1)
+    T.eq(ok(lc:insert(b)), 0)                      -- every id is there: skipped, no error
+    T.eq({ com_load(lc) - loads, com_insert(lc) - inserts }, { 2, 0 })
+    check_bytes("bytes_l")
+
+    -- NULL, the text "\N" and the empty string stay three different values; numbers and
+    -- booleans arrive as INSERT sends them
+    ok(lc:execute("DROP TABLE IF EXISTS load_t"))
+    ok(lc:execute("CREATE TABLE load_t (id INT PRIMARY KEY, s VARCHAR(8), n BIGINT, x DOUBLE, f BOOL, "
+        .. "d DECIMAL(12,3), t DATETIME) DEFAULT CHARSET=utf8mb4"))
+    local lb = mysql.batch("load_t", { "id", "s", "n", "x", "f", "d", "t" }, { on_duplicate = "ignore", load = true })
+    lb:add(1, nil, math.mininteger, -0.125, true, "123456789.125", "2022-11-01 05:00:00")
+    lb:add(2, "\\N", math.maxinteger, 1e300, false, nil, nil)
+    lb:add(3, "", 0, 2.5, nil, "-0.001", "2024-02-29 23:59:59")
+    T.eq(ok(lc:insert(lb)), 3)
+    T.eq(ok(lc:query("SELECT * FROM load_t ORDER BY id")), {
+        { id = 1, n = math.mininteger, x = -0.125, f = 1, d = 123456789.125, t = "2022-11-01 05:00:00" },
+        { id = 2, s = "\\N", n = math.maxinteger, x = 1e300, f = 0 },
+        { id = 3, s = "", n = 0, x = 2.5, d = -0.001, t = "2024-02-29 23:59:59" },
+    })
+
+    -- a value a strict INSERT would refuse is an error here too, and none of the batch's rows
+    -- stay, in a transaction of the caller's or without one
+    local bad = mysql.batch("load_t", { "id", "s" }, { on_duplicate = "ignore", load = true })
+    bad:add(10, "fits")
+    bad:add(11, "far too long for eight")
+    T.eq({ lc:insert(bad) }, { nil, "mysql.insert: Data truncated for column 's' at row 2 (1265)", 1265 })
+    T.eq(lc:begin(), true)
+    ok(lc:execute("INSERT INTO load_t (id) VALUES (20)"))
+    T.eq({ lc:insert(bad) }, { nil, "mysql.insert: Data truncated for column 's' at row 2 (1265)", 1265 })
+    T.eq(lc:commit(), true)
+    T.eq(ok(lc:query("SELECT id FROM load_t WHERE id >= 10 ORDER BY id")), { { id = 20 } })
+
+    -- without local_infile on the connection, or with a server that refuses it, a load batch
+    -- goes as INSERT
+    inserts = com_insert(conn)
+    T.eq(ok(conn:insert(b)), 0)
+    T.eq(com_insert(conn) - inserts, 1)
+    root_sql("SET GLOBAL local_infile = 0")
+    local refused = connect({ local_infile = true })
+    bytes_table(refused, "bytes_r")
+    local rb = mysql.batch("bytes_r", { "id", "b", "v" }, { on_duplicate = "ignore", load = true })
+    for i, s in ipairs(TRICKY) do rb:add(i, s, s) end
+    rb:add(#TRICKY + 1, BIG, BIG:sub(1, 1024))
+    T.eq(refused:begin(), true)
+    T.eq(ok(refused:insert(rb)), #TRICKY + 1)
+    T.eq(ok(refused:insert(rb)), 0)
+    T.eq(refused:commit(), true)
+    root_sql("SET GLOBAL local_infile = 1")
+    check_bytes("bytes_r")
+    refused:close()
+    lc:close()
+
+    T.eq(raised(function() mysql.batch("t", { "a" }, { load = true }) end),
+         "mysql.batch: load needs on_duplicate = \"ignore\" (LOAD DATA LOCAL skips duplicates)")
+    T.eq(raised(function() mysql.batch("t", { "a" }, { on_duplicate = "ignore", load = 1 }) end),
+         "mysql.batch: load must be a boolean")
+end)
+
 T.test("batch: 10k rows in one transaction, one statement", function()
     ok(conn:execute("DROP TABLE IF EXISTS batch_t"))
     ok(conn:execute("CREATE TABLE batch_t (id BIGINT PRIMARY KEY, host VARCHAR(64), n INT, x DOUBLE, flag BOOL, note TEXT)"))
@@ -465,7 +535,7 @@ T.test("NO_BACKSLASH_ESCAPES: removed at connect, refused if set again", functio
     c:close()
 end)
 
-T.test("local_infile: off by default, on when asked", function()
+T.test("local_infile: off by default; when on, only load batches are served, never a file", function()
     ok(conn:execute("DROP TABLE IF EXISTS infile_t"))
     ok(conn:execute("CREATE TABLE infile_t (id INT PRIMARY KEY, v TEXT)"))
     local path = T.env("LPROC_TEST_TMP") .. "/infile.tsv"
@@ -477,7 +547,12 @@ T.test("local_infile: off by default, on when asked", function()
     T.eq({ n, err, code }, { nil, "mysql.execute: The used command is not allowed because the MariaDB " ..
         "server or client has disabled the local infile capability (4166)", 4166 })
     local c <close> = connect({ local_infile = true })
-    T.eq({ ok(c:execute(sql, path)) }, { 2, 0 })
+    T.eq({ c:execute(sql, path) },
+         { nil, "mysql.execute: lproc.mysql sends no file: LOAD DATA LOCAL serves only batches (2000)", 2000 })
+    local b = mysql.batch("infile_t", { "id", "v" }, { on_duplicate = "ignore", load = true })
+    b:add(7, "seven")
+    b:add(8, nil)
+    T.eq(ok(c:insert(b)), 2)
     T.eq(ok(c:query("SELECT * FROM infile_t ORDER BY id")), { { id = 7, v = "seven" }, { id = 8 } })
 end)
 
