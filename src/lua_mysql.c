@@ -49,6 +49,15 @@
  * 4 KB, at most 16 MB; a single larger row goes alone); run it in a transaction to make it
  * all-or-nothing. affected_rows sums MySQL's counts: 1 per inserted row, and with
  * on_duplicate 0 per existing row left unchanged, 2 per existing row updated.
+ *
+ * A batch made with {on_duplicate = "ignore", load = true} goes, on a connection opened with
+ * local_infile, as one LOAD DATA LOCAL INFILE ... IGNORE (the server parses no SQL per row:
+ * cheaper than INSERTs). Its text is served from memory by the connection's own handler, which
+ * serves nothing else: a server asking for a file gets an error, never the file. It is all or
+ * nothing (a savepoint in the caller's transaction, else a transaction of its own), and as
+ * strict as an INSERT: any warning but a skipped duplicate rolls it back and is returned as
+ * the error. Where the server refuses LOAD DATA LOCAL (local_infile off), the connection
+ * sends its load batches as INSERTs from then on.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <limits.h>
