@@ -59,7 +59,7 @@ end
 function M.run(spec)
     local NAME, opts = spec.name, spec.opts
     local log = util.logger(NAME)
-    local PREFETCH = math.max(1, math.floor(opts.prefetch or 1000))
+    local PREFETCH = math.min(65535, math.max(1, math.floor(opts.prefetch or 1000)))
     local BATCH_ROWS = math.max(1, math.floor(opts.batch_rows or 1000))
     local BATCH_SECS = (opts.batch_ms or 200) / 1000
     local IDLE_EXIT = opts.idle_exit
@@ -89,9 +89,15 @@ function M.run(spec)
 
     -- Connecting -------------------------------------------------------------------------
     local mq, db
-    -- The prefetch counts lines: when batch messages arrive, fewer messages are let ahead, so
-    -- the memory in flight stays bounded whatever the producer's --batch.
-    local qos_msgs = PREFETCH
+    -- The prefetch counts lines, so the memory in flight stays bounded whatever the producer's
+    -- --batch. The consumer may have PREFETCH messages unacknowledged; while messages hold
+    -- several lines, a channel-wide limit lowers that to PREFETCH / (lines of the largest
+    -- message of the last delivery), and to PREFETCH / 100 until a first delivery shows how
+    -- many lines a message holds. (RabbitMQ applies a new per-consumer prefetch only to
+    -- consumers started after it, a channel-wide one at once; that one is lifted for
+    -- single-line messages, because it costs the broker work for every message.)
+    local chan_limit = math.max(2, PREFETCH // 100)      -- 0: none
+    local function msgs_ahead() return chan_limit > 0 and chan_limit or PREFETCH end
 
     local function db_connect(forever)
         local back = util.backoff(0.2, 5)
@@ -130,7 +136,8 @@ function M.run(spec)
             end
             local ok
             ok, err = broker.declare(c, NAME, { quorum = opts.quorum })
-            if ok then ok, err = c:qos(qos_msgs) end
+            if ok then ok, err = c:qos(PREFETCH) end
+            if ok then ok, err = c:qos(chan_limit, true) end
             if ok then ok, err = c:consume(QUEUE) end
             if ok then return c end
             c:close()
@@ -158,6 +165,7 @@ function M.run(spec)
                 local nl = body:find("\n", pos, true) or len + 1
                 if not sp or sp > nl then break end       -- malformed tail: ignored below
                 local off = tonumber(body:sub(pos, sp - 1))
+                if math.type(off) ~= "integer" then break end  -- not an offset: ignored below
                 local line = body:sub(sp + 1, nl - 1)
                 fn(rows, line, lineid(source, off, line), source, off, false)
                 n = n + 1
@@ -343,11 +351,12 @@ function M.run(spec)
                     n_lines = n_lines + k
                     if k > most then most = k end
                 end
-                local want = math.max(2, PREFETCH // most)
-                if want < qos_msgs then
-                    qos_msgs = want
-                    local ok, qerr = mq:qos(qos_msgs)
-                    if not ok then log("cannot lower the prefetch (%s)", qerr) end
+                local want = most > 1 and math.max(2, PREFETCH // most) or 0
+                if want ~= chan_limit and (want == 0 or chan_limit == 0 or want < chan_limit
+                        or want >= 2 * chan_limit) then
+                    chan_limit = want
+                    local ok, qerr = mq:qos(chan_limit, true)
+                    if not ok then log("cannot change the prefetch (%s)", qerr) end
                 end
                 n_msgs = n_msgs + #got
                 pending_rows = count_rows()
@@ -355,7 +364,7 @@ function M.run(spec)
         end
 
         local now = sys.now()
-        if #msgs > 0 and (pending_rows >= BATCH_ROWS or #msgs >= math.max(1, qos_msgs // 2)
+        if #msgs > 0 and (pending_rows >= BATCH_ROWS or #msgs >= math.max(1, msgs_ahead() // 2)
                 or now - batch_started >= BATCH_SECS) then
             flush()
         end
