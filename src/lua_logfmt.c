@@ -40,6 +40,9 @@
 #include <strings.h>
 
 #include <pcre2.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "lproc.h"
 
@@ -825,6 +828,22 @@ static uint64_t word_unsafe(uint64_t x)
 static size_t plain_prefix(const unsigned char *p, size_t n, int json)
 {
     size_t i = 0;
+#ifdef __SSE2__
+    /* 16 bytes at a time: as signed bytes, everything >= 0x80 is below 0x20 too. */
+    const __m128i space = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f);
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+    for (; i + 16 <= n; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i bad = _mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, del));
+        int mask;
+        if (json)
+            bad = _mm_or_si128(bad, _mm_or_si128(_mm_cmpeq_epi8(x, quote),
+                                                 _mm_cmpeq_epi8(x, bslash)));
+        mask = _mm_movemask_epi8(bad);
+        if (mask != 0)
+            return i + (size_t)__builtin_ctz((unsigned)mask);
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         uint64_t x, bad;
         memcpy(&x, p + i, 8);
@@ -2307,16 +2326,39 @@ static void build_json(lua_State *L, engine *e, int row, const char *line, size_
             oom(L);
         return;
     }
+    /* Room for the longest text of every value at once, so that keys, nulls and plain strings
+     * are copied without a check (the other appends check, and never need to grow). */
+    {
+        size_t need = 32;
+        for (i = 0; i < e->ncols; i++) {
+            const value *v = &e->vals[i];
+            need += e->cols[i].keylen;
+            switch (v->kind) {
+            case V_STR:
+                need += v->plain ? v->len + 2 : 6 * v->len + 2;
+                break;
+            case V_DEC:
+                need += v->len;
+                break;
+            default:                            /* null, true, false, integers, doubles */
+                need += 32;
+            }
+        }
+        if (buf_grow(b, need) < 0)
+            oom(L);
+    }
     rc |= buf_adds(b, "{\"_table\":\"clean_log\"");
     for (i = 0; i < e->ncols && rc == 0; i++) {
         const value *v = &e->vals[i];
-        rc |= buf_add(b, e->cols[i].key, e->cols[i].keylen);
+        memcpy(b->p + b->len, e->cols[i].key, e->cols[i].keylen);
+        b->len += e->cols[i].keylen;
         switch (v->kind) {
         case V_NULL:
-            rc |= buf_add(b, "null", 4);
+            memcpy(b->p + b->len, "null", 4);
+            b->len += 4;
             break;
         case V_STR:
-            if (v->plain && buf_grow(b, v->len + 2) == 0) {
+            if (v->plain) {
                 b->p[b->len] = '"';
                 memcpy(b->p + b->len + 1, v->s, v->len);
                 b->p[b->len + 1 + v->len] = '"';
@@ -2473,8 +2515,20 @@ static int do_process(lua_State *L, int eidx, int a, int json)
     }
     if (json) {
         build_json(L, e, row, line, len, id, idlen);
-        lua_pushlstring(L, e->out.p, e->out.len);
-        return 1;
+        if (lua_isnoneornil(L, a + 2)) {
+            lua_pushlstring(L, e->out.p, e->out.len);
+            return 1;
+        }
+        /* Straight to the file, with its newline: no Lua string per line. */
+        {
+            luaL_Stream *out = luaL_checkudata(L, a + 2, LUA_FILEHANDLE);
+            if (out->closef == NULL)
+                return luaL_error(L, "logfmt.json: the file is closed");
+            if (buf_add(&e->out, "\n", 1) != 0)
+                return luaL_error(L, "logfmt.json: not enough memory");
+            return luaL_fileresult(L, fwrite(e->out.p, 1, e->out.len, out->f) == e->out.len,
+                                   NULL);
+        }
     }
     if (!row) {
         lua_pushboolean(L, 0);
@@ -2498,7 +2552,9 @@ static int e_process(lua_State *L)
     return do_process(L, 1, 2, 0);
 }
 
-/* engine:json(line, id) -> '{"_table":"clean_log",...}' | '{"_table":"clean_log_reject",...}' */
+/* engine:json(line, id) -> '{"_table":"clean_log",...}' | '{"_table":"clean_log_reject",...}'
+ * engine:json(line, id, file) writes that object and a newline to the Lua file instead
+ *   -> true | nil, err, errno */
 static int e_json(lua_State *L)
 {
     return do_process(L, 1, 2, 1);

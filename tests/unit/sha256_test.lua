@@ -74,6 +74,23 @@ T.test("lower-case hex of 64 characters, fresh state on each call", function()
     T.eq(sha256.hex("x"), a)
 end)
 
+T.test("lineid: the digest of source NUL offset NUL line", function()
+    -- sha256 -n "/var/log/access.log\0""1234\0""GET / HTTP/1.1"
+    local line = '1.2.3.4 - - [01/Nov/2022:00:00:00 -0500] "GET / HTTP/1.1" 200 5 "-" "-"'
+    for _, off in ipairs({ 0, 7, 1234, -1, math.maxinteger, math.mininteger }) do
+        T.eq(sha256.lineid("/var/log/access.log", off, line),
+             sha256.hex("/var/log/access.log", "\0", tostring(off), "\0", line), "offset " .. off)
+    end
+    T.eq(sha256.lineid("", 0, ""), sha256.hex("\0" .. "0" .. "\0"))
+    T.eq(sha256.lineid("s\0x", 5, "a\0b\255"), sha256.hex("s\0x\0" .. "5\0a\0b\255"))
+    T.eq(errmsg(function() return sha256.lineid("s", 1.5, "l") end),
+         "bad argument #2 to 'lineid' (integer expected, got number)")
+    T.eq(errmsg(function() return sha256.lineid("s", "1", "l") end),
+         "bad argument #2 to 'lineid' (integer expected, got string)")
+    T.eq(errmsg(function() return sha256.lineid("s", 1) end),
+         "bad argument #3 to 'lineid' (string expected, got no value)")
+end)
+
 local errors = {
     { "no argument", {}, 0, "sha256.hex: bad argument #1 (string expected, got no value)" },
     { "nil", { nil }, 1, "sha256.hex: bad argument #1 (string expected, got nil)" },

@@ -93,7 +93,7 @@ local function dry_run(R, file, source_opt)
     out:setvbuf("full", 1 << 16)
     local json, lineid = R.json, util.lineid
     for line, off in r:lines() do
-        out:write(json(R, line, lineid(source, off, line)), "\n")
+        json(R, line, lineid(source, off, line), out)
     end
     out:flush()
     r:close()

@@ -13,6 +13,7 @@
 --   R:columns()          -> {{name=, type=, null=, index=, custom=}...}  id first, custom last
 --   R:process(line, id)  -> true, v1, ..., vN | false, reason   (nil = NULL; DECIMAL as text)
 --   R:json(line, id)     -> the same result as one JSON object (no newline)
+--   R:json(line, id, f)  -> writes that object and a newline to the file f: true | nil, err
 --   R:stats()            -> {lines=, rows=, rejects=, map_errors=, ua_cache_hits=, ...}
 --
 -- Formats use nginx log_format syntax and are tried in the order declared; a line that matches

@@ -5,14 +5,11 @@ local sys = require "lproc.sys"
 
 local M = {}
 
-local hex = sha256.hex
 local tostring, type = tostring, type
 
 -- M.lineid(source, offset, line) -> the line's id: lower-case hex SHA-256 of
--- "source NUL offset NUL line" (offset in decimal).
-function M.lineid(source, offset, line)
-    return hex(source, "\0", offset, "\0", line)
-end
+-- "source NUL offset NUL line" (offset, an integer, in decimal).
+M.lineid = sha256.lineid
 
 -- M.safe(s) -> s with control characters, DEL and bytes of invalid UTF-8 shown as \xNN,
 -- so that text from a log line can never drive the terminal.
