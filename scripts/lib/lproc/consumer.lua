@@ -86,6 +86,9 @@ function M.run(spec)
 
     local status = "running"
     local n_msgs, n_lines, n_batches, t_start = 0, 0, 0, sys.now()
+    -- When the last message arrived, or a server came back: --idle-exit counts from there, so
+    -- that a queue still recovering after a broker restart is not taken for an idle one.
+    local last_msg = t_start
 
     -- Connecting -------------------------------------------------------------------------
     local mq, db
@@ -241,6 +244,7 @@ function M.run(spec)
                 end
             end
             status = "running"
+            last_msg = sys.now()
             log("database reconnected")
             back.next()
         end
@@ -304,7 +308,7 @@ function M.run(spec)
     mq = mq_connect(false)
     log("consuming %s (prefetch %d, %d rows or %d ms per transaction)", QUEUE, PREFETCH,
         BATCH_ROWS, math.floor(BATCH_SECS * 1000))
-    local last_msg = sys.now()
+    last_msg = sys.now()
 
     while true do
         local s = sys.signal()
@@ -327,7 +331,11 @@ function M.run(spec)
         if not mq then
             status = "waiting for RabbitMQ"
             mq = mq_connect(true)
-            if mq then status = "running"; log("broker reconnected") end
+            if mq then
+                status = "running"
+                last_msg = sys.now()
+                log("broker reconnected")
+            end
         end
 
         if mq then
