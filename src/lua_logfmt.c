@@ -1154,9 +1154,6 @@ static int norm_decimal(const char *p, size_t n, int prec, int scale, char *out)
 
 /* ---- time ---- */
 
-static const char *const month_names[12] = {
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"
-};
 static const char *const day_names[7] = {
     "Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"
 };
@@ -1262,9 +1259,16 @@ static int set_local_time(lua_State *L, engine *e, int64_t y, int mon, int d, in
 /* $time_local: 01/Nov/2022:00:00:00 -0500 (shape guaranteed by the pattern). */
 static int time_local(lua_State *L, engine *e, const char *p, size_t n)
 {
+    /* The month's three letters, lower-cased, as one number: "nov" = 'n' << 16 | 'o' << 8 | 'v'. */
+    static const uint32_t months[12] = {
+        0x6a616e, 0x666562, 0x6d6172, 0x617072, 0x6d6179, 0x6a756e,
+        0x6a756c, 0x617567, 0x736570, 0x6f6374, 0x6e6f76, 0x646563,
+    };
+    uint32_t key = (uint32_t)(p[3] | 0x20) << 16 | (uint32_t)(p[4] | 0x20) << 8
+                   | (uint32_t)(p[5] | 0x20);
     int mon, oh = dig2(p + 22), om = dig2(p + 24);
     for (mon = 0; mon < 12; mon++)
-        if (strncasecmp(p + 3, month_names[mon], 3) == 0)
+        if (months[mon] == key)
             break;
     if (oh > 23 || om > 59)
         return reject(e, "impossible date in $time_local (%.*s)", (int)n, p);
