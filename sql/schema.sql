@@ -61,8 +61,7 @@ CREATE TABLE IF NOT EXISTS clean_log (
     KEY clean_log_timestamp (`timestamp`),
     KEY clean_log_ip (`ip`),
     KEY clean_log_host (`host`),
-    KEY clean_log_status (`status`),
-    KEY clean_log_vhost (`vhost`)
+    KEY clean_log_status (`status`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS clean_log_reject (

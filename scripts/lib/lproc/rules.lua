@@ -122,7 +122,7 @@ M.user_agents = {
 }
 
 -- The columns that get an index in clean_log.
-local INDEXED = { timestamp = true, ip = true, host = true, status = true, vhost = true }
+local INDEXED = { timestamp = true, ip = true, host = true, status = true }
 
 local function deepcopy(t)
     if type(t) ~= "table" then return t end
