@@ -1100,23 +1100,34 @@ static batch *check_batch(lua_State *L, int idx, const char *fname)
     return b;
 }
 
-/* Appends `name` (backticks doubled) to the buffer; raises on an empty name or a NUL byte. */
-static void add_ident(lua_State *L, luaL_Buffer *buf, int idx, const char *fname)
+/* Pushes the identifier at idx quoted for MySQL: `name`, backticks doubled. Raises on a
+ * non-string, an empty name or a NUL byte. */
+static void push_ident(lua_State *L, int idx, const char *fname)
 {
-    size_t len, i;
+    size_t len;
     const char *s;
     if (lua_type(L, idx) != LUA_TSTRING)
         luaL_error(L, "%s: identifiers must be strings, got %s", fname, luaL_typename(L, idx));
     s = lua_tolstring(L, idx, &len);
     if (len == 0 || strlen(s) != len)
         luaL_error(L, "%s: identifiers must be non-empty and free of NUL bytes", fname);
-    luaL_addchar(buf, '`');
-    for (i = 0; i < len; i++) {
-        if (s[i] == '`')
-            luaL_addchar(buf, '`');
-        luaL_addchar(buf, s[i]);
+    luaL_gsub(L, s, "`", "``");
+    lua_pushfstring(L, "`%s`", lua_tostring(L, -1));
+    lua_remove(L, -2);
+}
+
+/* Adds the quoted names of the array at qidx (n of them), separated by ','. buf is the newest
+ * buffer: each name goes on the stack just above it and in with luaL_addvalue, as a buffer
+ * that grows needs its box right below the top. */
+static void add_names(lua_State *L, luaL_Buffer *buf, int qidx, int n)
+{
+    int i;
+    for (i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(buf, ',');
+        lua_geti(L, qidx, i);
+        luaL_addvalue(buf);
     }
-    luaL_addchar(buf, '`');
 }
 
 /* mysql.batch(table, columns [, {on_duplicate = "ignore"|"update", keys = {...},
@@ -1172,75 +1183,73 @@ static int l_batch(lua_State *L)
     }
     lua_settop(L, 3);
 
-    /* 4: "INSERT INTO `t` (`a`,`b`) VALUES " */
-    luaL_buffinit(L, &buf);
-    luaL_addstring(&buf, "INSERT INTO ");
-    add_ident(L, &buf, 1, fname);
-    luaL_addstring(&buf, " (");
+    /* 4: the table's name quoted; 5: the columns' names quoted; made before any buffer */
+    push_ident(L, 1, fname);
+    lua_createtable(L, ncols, 0);
     for (i = 1; i <= ncols; i++) {
         lua_geti(L, 2, i);
-        if (i > 1)
-            luaL_addchar(&buf, ',');
-        add_ident(L, &buf, lua_gettop(L), fname);
+        push_ident(L, lua_gettop(L), fname);
+        lua_seti(L, 5, i);
         lua_pop(L, 1);
     }
+
+    /* 6: "INSERT INTO `t` (`a`,`b`) VALUES " */
+    luaL_buffinit(L, &buf);
+    luaL_addstring(&buf, "INSERT INTO ");
+    lua_pushvalue(L, 4);
+    luaL_addvalue(&buf);
+    luaL_addstring(&buf, " (");
+    add_names(L, &buf, 5, ncols);
     luaL_addstring(&buf, ") VALUES ");
     luaL_pushresult(&buf);
 
-    /* 5: the ON DUPLICATE KEY clause, or "" */
+    /* 7: the ON DUPLICATE KEY clause, or "" */
     luaL_buffinit(L, &buf);
     if (dup != 0) {
         luaL_addstring(&buf, " ON DUPLICATE KEY UPDATE ");
         first = 1;
         for (i = 1; i <= ncols && dup == 2; i++) {
             int k, is_key = 0;
-            lua_geti(L, 2, i);
             if (nkeys == 0) {
                 is_key = i == 1;
             } else {
+                lua_geti(L, 2, i);
                 for (k = 1; k <= nkeys && !is_key; k++) {
                     lua_getfield(L, 3, "keys");
                     lua_geti(L, -1, k);
                     is_key = lua_rawequal(L, -1, -3);
                     lua_pop(L, 2);
                 }
+                lua_pop(L, 1);
             }
             if (!is_key) {
-                int col = lua_gettop(L);
                 if (!first)
                     luaL_addchar(&buf, ',');
-                add_ident(L, &buf, col, fname);
-                luaL_addstring(&buf, "=VALUES(");
-                add_ident(L, &buf, col, fname);
-                luaL_addchar(&buf, ')');
+                lua_geti(L, 5, i);
+                lua_pushfstring(L, "%s=VALUES(%s)", lua_tostring(L, -1), lua_tostring(L, -1));
+                lua_remove(L, -2);
+                luaL_addvalue(&buf);
                 first = 0;
             }
-            lua_pop(L, 1);
         }
         if (first) {   /* "ignore", or every column is a key */
-            lua_geti(L, 2, 1);
-            add_ident(L, &buf, lua_gettop(L), fname);
-            luaL_addchar(&buf, '=');
-            add_ident(L, &buf, lua_gettop(L), fname);
-            lua_pop(L, 1);
+            lua_geti(L, 5, 1);
+            lua_pushfstring(L, "%s=%s", lua_tostring(L, -1), lua_tostring(L, -1));
+            lua_remove(L, -2);
+            luaL_addvalue(&buf);
         }
     }
     luaL_pushresult(&buf);
 
-    /* 6: "LOAD DATA LOCAL INFILE ... (`a`,`b`)" in the text format of rows_to_text, or "" */
+    /* 8: "LOAD DATA LOCAL INFILE ... (`a`,`b`)" in the text format of rows_to_text, or "" */
     luaL_buffinit(L, &buf);
     if (load) {
         luaL_addstring(&buf, "LOAD DATA LOCAL INFILE 'lproc-batch' IGNORE INTO TABLE ");
-        add_ident(L, &buf, 1, fname);
+        lua_pushvalue(L, 4);
+        luaL_addvalue(&buf);
         luaL_addstring(&buf, " CHARACTER SET binary FIELDS TERMINATED BY '\\t' ESCAPED BY "
                              "'\\\\' LINES TERMINATED BY '\\n' (");
-        for (i = 1; i <= ncols; i++) {
-            lua_geti(L, 2, i);
-            if (i > 1)
-                luaL_addchar(&buf, ',');
-            add_ident(L, &buf, lua_gettop(L), fname);
-            lua_pop(L, 1);
-        }
+        add_names(L, &buf, 5, ncols);
         luaL_addchar(&buf, ')');
     }
     luaL_pushresult(&buf);
@@ -1252,7 +1261,7 @@ static int l_batch(lua_State *L)
     b->load = load;
     luaL_setmetatable(L, BATCH_MT);
     for (i = 1; i <= 3; i++) {
-        lua_pushvalue(L, 3 + i);
+        lua_pushvalue(L, 5 + i);
         lua_setiuservalue(L, -2, i);
     }
     return 1;

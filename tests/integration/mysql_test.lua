@@ -464,6 +464,27 @@ T.test("batch: larger than max_bytes is split; all rows arrive", function()
     T.eq(ok(conn:query_one("SELECT LENGTH(v) AS n FROM split_t WHERE id = 2")), { n = 5000 })
 end)
 
+T.test("batch: 150 long column names with backticks (statements past the Lua buffer size)", function()
+    local lc = connect({ local_infile = true })
+    local cols, defs, vals = { "id" }, { "id INT PRIMARY KEY" }, { 1 }
+    for i = 1, 150 do
+        cols[#cols + 1] = "a rather long column name `" .. i
+        defs[#defs + 1] = "`a rather long column name ``" .. i .. "` INT"
+        vals[#vals + 1] = i
+    end
+    ok(lc:execute("DROP TABLE IF EXISTS wide_t"))
+    ok(lc:execute("CREATE TABLE wide_t (" .. table.concat(defs, ",") .. ")"))
+    for k, opts in ipairs({ {}, { on_duplicate = "update" }, { on_duplicate = "ignore", load = true } }) do
+        local b = mysql.batch("wide_t", cols, opts)
+        vals[1] = k
+        b:add(table.unpack(vals))
+        T.eq(ok(lc:insert(b)), 1, "options #" .. k)
+    end
+    T.eq(ok(lc:query_one("SELECT COUNT(*) AS n, SUM(`a rather long column name ``150`) AS s FROM wide_t")),
+         { n = 3, s = 450 })
+    lc:close()
+end)
+
 T.test("batch: misuse raises, a failed add leaves the batch unchanged", function()
     local b = mysql.batch("t`x", { "a", "b" })
     T.eq(raised(function() b:add(1) end), "mysql.batch.add: expected 2 values, got 1")
