@@ -3,6 +3,7 @@
 local T = require "testing"
 local P = require "pipeline"
 local sys = require "lproc.sys"
+local amqp = require "lproc.amqp"
 
 local tmp = P.tmp
 local LOG = tmp .. "/access.log"
@@ -246,6 +247,28 @@ T.test("follow: append, rename rotation, copytruncate, kill -9 of the producer",
     local c = P.counts()
     T.eq(c.clean + c.reject, 3000, "clean + reject")
     T.eq(c.both, 0)
+end)
+
+T.test("a batch message from another client with a record that is not OFFSET SP LINE", function()
+    P.reset()
+    local lake, clean = consumers("--idle-exit 3")
+    T.ok(P.wait_until(function()
+        return P.output(lake):find("consuming", 1, true) and P.output(clean):find("consuming", 1, true)
+    end, 30), "consumers started")
+    local c = assert(amqp.connect(T.env("LPROC_TEST_AMQP_URL")))
+    assert(c:publish("logs", "logs", "10 first line\nx.5 not an offset\n20 after", {
+        content_type = "application/vnd.lproc.lines+v1", persistent = true,
+        headers = { ["x-source"] = "another client", ["x-offset"] = 10 },
+    }))
+    c:close()
+    -- The consumers do not crash on it (it would come back and crash them again): the good
+    -- record is a line, and what follows the bad one is kept whole as one more line.
+    finish({ lake, clean })
+    T.eq(P.count("SELECT COUNT(*) FROM raw_log"), 2)
+    T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ? AND `offset` = 10", "first line"), 1)
+    T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ?", "x.5 not an offset\n20 after"), 1)
+    local n = P.counts()
+    T.eq({ n.clean + n.reject, n.both }, { 2, 0 })
 end)
 
 T.done()
