@@ -33,3 +33,20 @@ int lproc_nojit(void)
     const char *v = getenv("LPROC_RE_NOJIT");
     return v != NULL && *v != '\0' && strcmp(v, "0") != 0;
 }
+
+/* Writes v in decimal to dst (room: 20 bytes, no NUL); returns the length. */
+size_t lproc_fmt_int(char *dst, long long v)
+{
+    char tmp[20];
+    size_t n = 0, k = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        dst[k++] = '-';
+    while (n > 0)
+        dst[k++] = tmp[--n];
+    return k;
+}

@@ -26,6 +26,9 @@ void lproc_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
 /* 1 when regexes must not be JIT-compiled (LPROC_RE_NOJIT, for valgrind). */
 int lproc_nojit(void);
 
+/* Writes v in decimal to dst (room: 20 bytes, no NUL); returns the length. */
+size_t lproc_fmt_int(char *dst, long long v);
+
 /* ---- sha256 (lua_sha256.c) ---- */
 
 /* A piece of input for lproc_sha256_hex. */

@@ -2267,15 +2267,8 @@ static int json_double(buf *b, double d)
 
 static int json_int(buf *b, int64_t v)
 {
-    char tmp[24], *o = tmp + sizeof tmp;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        *--o = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        *--o = '-';
-    return buf_add(b, o, (size_t)(tmp + sizeof tmp - o));
+    char tmp[20];
+    return buf_add(b, tmp, lproc_fmt_int(tmp, (long long)v));
 }
 
 /* Cleans the reject reason in place: valid UTF-8, no control characters, at most REASON_MAX

@@ -109,23 +109,6 @@ static size_t escape_to(char *dst, const char *s, size_t n)
     return (size_t)(d - dst);
 }
 
-/* Writes v in decimal to dst (room: 21); returns the length. */
-static size_t format_integer(char *dst, lua_Integer v)
-{
-    char tmp[24];
-    size_t n = 0, k = 0;
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        dst[k++] = '-';
-    while (n > 0)
-        dst[k++] = tmp[--n];
-    return k;
-}
-
 /* Writes finite v as %.17g to dst (room: 32) with '.' as decimal point whatever the locale. */
 static size_t format_float(char *dst, lua_Number v)
 {
@@ -182,7 +165,7 @@ static size_t literal_write(lua_State *L, int idx, char *dst)
         return 1;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx))
-            return format_integer(dst, lua_tointeger(L, idx));
+            return lproc_fmt_int(dst, (long long)lua_tointeger(L, idx));
         return format_float(dst, lua_tonumber(L, idx));
     case LUA_TSTRING: {
         size_t len, n;
@@ -1404,8 +1387,10 @@ static int check_warnings(lua_State *L, conn *c, unsigned int count, const char 
     MYSQL_ROW row;
     unsigned int seen = 0;
     if (mysql_real_query(c->mysql, show, sizeof show - 1) != 0
-        || (res = mysql_store_result(c->mysql)) == NULL)
-        return push_error(L, c, fname), -1;
+        || (res = mysql_store_result(c->mysql)) == NULL) {
+        push_error(L, c, fname);
+        return -1;
+    }
     while ((row = mysql_fetch_row(res)) != NULL) {
         long code = row[1] != NULL ? strtol(row[1], NULL, 10) : 0;
         seen++;

@@ -114,30 +114,18 @@ fail:
  * sha256.hex(source, "\0", offset, "\0", line), without making a string of the offset. */
 static int l_lineid(lua_State *L)
 {
-    size_t slen, llen, k = 0;
-    const char *src = luaL_checklstring(L, 1, &slen);
-    const char *line = luaL_checklstring(L, 3, &llen);
-    lua_Integer off;
-    unsigned long long u;
-    char digits[24], mid[26], out[65];
-    int n = 0;
+    lproc_slice parts[3];
+    char mid[22], out[65];
 
+    parts[0].p = luaL_checklstring(L, 1, &parts[0].len);
+    parts[2].p = luaL_checklstring(L, 3, &parts[2].len);
     if (!lua_isinteger(L, 2))
         return luaL_typeerror(L, 2, "integer");
-    off = lua_tointeger(L, 2);
-    u = off < 0 ? 0ULL - (unsigned long long)off : (unsigned long long)off;
-    do {
-        digits[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    mid[k++] = '\0';
-    if (off < 0)
-        mid[k++] = '-';
-    while (n > 0)
-        mid[k++] = digits[--n];
-    mid[k++] = '\0';
-    if (sha_begin() != 0 || sha_update(src, slen) != 0 || sha_update(mid, k) != 0
-        || sha_update(line, llen) != 0 || sha_end(out) != 0) {
+    mid[0] = '\0';
+    parts[1].len = 1 + lproc_fmt_int(mid + 1, (long long)lua_tointeger(L, 2));
+    mid[parts[1].len++] = '\0';
+    parts[1].p = mid;
+    if (lproc_sha256_hex(parts, 3, out) != 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "sha256.lineid: OpenSSL SHA-256 failed");
         return 2;

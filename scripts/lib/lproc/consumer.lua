@@ -16,6 +16,8 @@ local util = require "lproc.util"
 
 local M = {}
 
+local tonumber, mtype = tonumber, math.type
+
 M.OPTIONS = {
     ["--prefetch"] = "number", ["--batch-rows"] = "number", ["--batch-ms"] = "number",
     ["--idle-exit"] = "number", ["--quorum"] = "flag", ["--connect-timeout"] = "number",
@@ -168,7 +170,7 @@ function M.run(spec)
                 local nl = body:find("\n", pos, true) or len + 1
                 if not sp or sp > nl then break end       -- malformed tail: ignored below
                 local off = tonumber(body:sub(pos, sp - 1))
-                if math.type(off) ~= "integer" then break end  -- not an offset: ignored below
+                if mtype(off) ~= "integer" then break end  -- not an offset: ignored below
                 local line = body:sub(sp + 1, nl - 1)
                 fn(rows, line, lineid(source, off, line), source, off, false)
                 n = n + 1
