@@ -9,7 +9,7 @@ local NAME = "lake"
 -- raw_log: one row per line. `line` is LONGBLOB, so any byte sequence goes in intact.
 local RAW_LOG_SQL = [[
 CREATE TABLE IF NOT EXISTS raw_log (
-    id          CHAR(64) CHARACTER SET ascii NOT NULL,
+    id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     line        LONGBLOB NOT NULL,
     source      VARBINARY(1024) NULL,
     `offset`    BIGINT UNSIGNED NULL,

@@ -5,7 +5,7 @@
 
 -- Every line, byte for byte (LONGBLOB: any byte sequence), with where it came from.
 CREATE TABLE IF NOT EXISTS raw_log (
-    id          CHAR(64) CHARACTER SET ascii NOT NULL,
+    id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     line        LONGBLOB NOT NULL,
     source      VARBINARY(1024) NULL,
     `offset`    BIGINT UNSIGNED NULL,
@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS raw_log (
 -- (replaced by U+FFFD) and cut to their column's size; size_kilo_bytes and size_mega_bytes are
 -- exact (bytes / 1024 and bytes / 1048576 have at most 10 and 20 decimals).
 CREATE TABLE IF NOT EXISTS clean_log (
-    `id` CHAR(64),
+    `id` CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     `timestamp` DATETIME,
     `year` SMALLINT,
     `month` TINYINT,
@@ -59,13 +59,13 @@ CREATE TABLE IF NOT EXISTS clean_log (
     ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (id),
     KEY clean_log_timestamp (`timestamp`),
-    KEY clean_log_ip (`ip`),
-    KEY clean_log_host (`host`),
-    KEY clean_log_status (`status`)
+    KEY clean_log_ip (`ip`, `timestamp`),
+    KEY clean_log_host (`host`, `timestamp`),
+    KEY clean_log_status (`status`, `timestamp`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS clean_log_reject (
-    id          CHAR(64) CHARACTER SET ascii NOT NULL,
+    id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     reason      VARCHAR(1024) NOT NULL,
     line        LONGBLOB NOT NULL,
     ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),

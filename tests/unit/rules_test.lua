@@ -87,9 +87,11 @@ T.test("columns: id first, custom last, and the same as sql/schema.sql", functio
     local want, keys = {}, {}
     for l in body:gmatch("[^\n]+") do
         local name, ty = l:match("^    `([%w_]+)` (.+),$")
-        if name then want[#want + 1] = name .. " " .. ty end
+        -- the id's character set and NOT NULL come from the DDL (clean.lua), not the rules
+        if name then want[#want + 1] = name .. " " .. ty:gsub(" CHARACTER SET ascii COLLATE ascii_bin NOT NULL$", "") end
     end
-    for name in body:gmatch("KEY clean_log_[%w_]+ %(`([%w_]+)`%)") do keys[#keys + 1] = name end
+    -- an index's first column (the others: timestamp)
+    for name in body:gmatch("KEY clean_log_[%w_]+ %(`([%w_]+)`[^)]*%)") do keys[#keys + 1] = name end
     local got, gotkeys = {}, {}
     for _, c in ipairs(cols) do
         if not c.custom then
