@@ -6,15 +6,19 @@ local util = require "lproc.util"
 
 local NAME = "lake"
 
--- raw_log: one row per line. `line` is LONGBLOB, so any byte sequence goes in intact.
+-- raw_log: one row per line. `line` is LONGBLOB, so any byte sequence goes in intact. The
+-- key is seq, the order of arrival: each insert appends (a random key like the id scatters
+-- inserts over the whole table and splits its pages); the id is unique.
 local RAW_LOG_SQL = [[
 CREATE TABLE IF NOT EXISTS raw_log (
+    seq         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     line        LONGBLOB NOT NULL,
     source      VARBINARY(1024) NULL,
     `offset`    BIGINT UNSIGNED NULL,
     ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    PRIMARY KEY (id),
+    PRIMARY KEY (seq),
+    UNIQUE KEY raw_log_id (id),
     KEY raw_log_ingested (ingested_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4]]
 

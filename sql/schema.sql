@@ -5,12 +5,14 @@
 
 -- Every line, byte for byte (LONGBLOB: any byte sequence), with where it came from.
 CREATE TABLE IF NOT EXISTS raw_log (
+    seq         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     line        LONGBLOB NOT NULL,
     source      VARBINARY(1024) NULL,
     `offset`    BIGINT UNSIGNED NULL,
     ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    PRIMARY KEY (id),
+    PRIMARY KEY (seq),
+    UNIQUE KEY raw_log_id (id),
     KEY raw_log_ingested (ingested_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
@@ -20,6 +22,7 @@ CREATE TABLE IF NOT EXISTS raw_log (
 -- (replaced by U+FFFD) and cut to their column's size; size_kilo_bytes and size_mega_bytes are
 -- exact (bytes / 1024 and bytes / 1048576 have at most 10 and 20 decimals).
 CREATE TABLE IF NOT EXISTS clean_log (
+    seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     `id` CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     `timestamp` DATETIME,
     `year` SMALLINT,
@@ -57,7 +60,8 @@ CREATE TABLE IF NOT EXISTS clean_log (
     `request_time` DECIMAL(12,3),
     `vhost` VARCHAR(255),
     ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    PRIMARY KEY (id),
+    PRIMARY KEY (seq),
+    UNIQUE KEY clean_log_id (id),
     KEY clean_log_timestamp (`timestamp`),
     KEY clean_log_ip (`ip`, `timestamp`),
     KEY clean_log_host (`host`, `timestamp`),

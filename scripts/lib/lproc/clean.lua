@@ -36,12 +36,13 @@ local function load_rules(script)
     return R
 end
 
--- The DDL of clean_log from the rules' columns, and of clean_log_reject. Ids compare as bytes
--- (ascii_bin). An index on a column other than the time goes on (column, timestamp): lines
+-- The DDL of clean_log from the rules' columns, and of clean_log_reject. The key is seq, the
+-- order of arrival, so that each insert appends (as in raw_log); the id is unique and
+-- compares as bytes (ascii_bin). An index on a column other than the time goes on (column, timestamp): lines
 -- arrive in time order, so each insert lands at the end of its value's range (a few hot
 -- pages, not a random one), and "status 500 in the last hour" is one range of it.
 local function ddl(R)
-    local cols, keys = {}, {}
+    local cols, keys = { "    seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT" }, {}
     for _, c in ipairs(R:columns()) do
         cols[#cols + 1] = string.format("    `%s` %s%s", c.name, c.type,
             c.name == "id" and " CHARACTER SET ascii COLLATE ascii_bin NOT NULL" or "")
@@ -51,7 +52,8 @@ local function ddl(R)
         end
     end
     cols[#cols + 1] = "    ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"
-    cols[#cols + 1] = "    PRIMARY KEY (id)"
+    cols[#cols + 1] = "    PRIMARY KEY (seq)"
+    cols[#cols + 1] = "    UNIQUE KEY clean_log_id (id)"
     for _, k in ipairs(keys) do cols[#cols + 1] = k end
     return "CREATE TABLE IF NOT EXISTS clean_log (\n" .. table.concat(cols, ",\n")
         .. "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", [[
