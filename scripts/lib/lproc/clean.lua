@@ -38,9 +38,9 @@ end
 
 -- The DDL of clean_log from the rules' columns, and of clean_log_reject. The key is seq, the
 -- order of arrival, so that each insert appends (as in raw_log); the id is unique and
--- compares as bytes (ascii_bin). An index on a column other than the time goes on (column, timestamp): lines
--- arrive in time order, so each insert lands at the end of its value's range (a few hot
--- pages, not a random one), and "status 500 in the last hour" is one range of it.
+-- compares as bytes (ascii_bin). An index on another column than the time is on (column,
+-- timestamp): lines arrive in time order, so each insert lands at the end of its value's
+-- range (a few hot pages, not a random one), and "status 500 in the last hour" is one range.
 local function ddl(R)
     local cols, keys = { "    seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT" }, {}
     for _, c in ipairs(R:columns()) do
