@@ -89,6 +89,7 @@ local goa_rate = per_run(function(t) return N_CLEAN / t end, "goa.wall")
 local speed_ratio = per_run(function(a, b) return b / a end, "dry.wall", "goa.wall")
 local cpu_ratio = per_run(function(a, b) return b / a end, "dry.cpu", "goa.cpu")
 local e2e_ratio = per_run(function(a, b) return a / b end, "e2e.rate", "ceil.rate")
+local e2e_lp_ratio = per_run(function(a, b) return a / b end, "e2e.rate", "ceil_lp.rate")
 local batch_rate = values("e2e_batch.rate")
 local big_rss = values("big.prod_rss")
 local consumer_rss = {}
@@ -125,6 +126,8 @@ w("| | the same with lproc's message properties (message_id, timestamp, 2 header
     fig("ceil_lp.rate", int))
 w("| 3 | end to end, 1 message per line, %s lines: lines/s | %s | ceiling (2) | %s | ≥ 70%% | %s |",
     int(N_PIPE), fig("e2e.rate", int), spread(e2e_ratio, pct), verdict(median(e2e_ratio) >= 0.7))
+w("| | against the ceiling with lproc's message properties (2, second row: the same messages) | | | %s | | |",
+    spread(e2e_lp_ratio, pct))
 w("| 4 | end to end, `--batch %d`, %s lines: lines/s | %s | | | ≥ 50,000 | %s |",
     BATCH, int(N_PIPE), spread(batch_rate, int), verdict(median(batch_rate) >= 50000))
 w("| 5 | producer peak RSS, %s MB file (%s lines, `--batch %d`), MB | %s | | | < 16 | %s |",
