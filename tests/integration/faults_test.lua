@@ -19,14 +19,18 @@ P.genlog(LOG, LINES, SEED)
 local SRC = sys.realpath(LOG)
 
 local PRODUCER = "scripts/producer.lua --progress 0 --window 512 " .. LOG
-local LAKE = "scripts/lake.lua --progress 0 --idle-exit 4 --batch-rows 300"
-local CLEAN = "scripts/clean.lua --progress 0 --idle-exit 4 --batch-rows 300"
+local LAKE = "scripts/lake.lua --progress 0 --batch-rows 300 --idle-exit "
+local CLEAN = "scripts/clean.lua --progress 0 --batch-rows 300 --idle-exit "
+-- A consumer exits once its queue has been idle that long. After a broker restart the
+-- producer may reconnect up to one backoff step (at most about 6 s) after the consumers, and
+-- only then publish the rest of the file: the consumers must wait longer than that.
+local function idle_exit(component) return component == "rabbitmq" and "10" or "4" end
 
 local function trial(component, k)
     P.reset()
     local procs = {
-        lake = P.spawn(LAKE, "lake"),
-        clean = P.spawn(CLEAN, "clean"),
+        lake = P.spawn(LAKE .. idle_exit(component), "lake"),
+        clean = P.spawn(CLEAN .. idle_exit(component), "clean"),
         producer = P.spawn(PRODUCER, "producer"),
     }
     -- Strike once the pipeline runs (a server that is down at start-up is a different case:
@@ -47,7 +51,8 @@ local function trial(component, k)
         P.kill(procs[component], "KILL")
         P.wait(procs[component], 10)
         sys.sleep(down)
-        local cmd = component == "producer" and PRODUCER or component == "lake" and LAKE or CLEAN
+        local cmd = component == "producer" and PRODUCER
+            or (component == "lake" and LAKE or CLEAN) .. idle_exit(component)
         procs[component] = P.spawn(cmd, component)
     end
     for _, name in ipairs({ "producer", "lake", "clean" }) do

@@ -154,6 +154,17 @@ function P.lines(path)
     return t
 end
 
+-- P.waiting() -> " (messages waiting: lake N, clean M)": missing rows still in a queue are
+-- not lost, only not consumed (a consumer left too early).
+function P.waiting()
+    local c = amqp.connect(T.env("LPROC_TEST_AMQP_URL"))
+    if not c then return " (broker unreachable)" end
+    local _, lake = c:queue_declare("queue-data-lake", { passive = true })
+    local _, clean = c:queue_declare("queue-data-clean", { passive = true })
+    c:close()
+    return string.format(" (messages waiting: lake %s, clean %s)", tostring(lake), tostring(clean))
+end
+
 -- P.check_exact(files) -> nil | a description of what is wrong. files: { {path=, source=}, ... }
 -- Every line of every file is in raw_log exactly once, byte for byte, and its id is in
 -- exactly one of clean_log / clean_log_reject; nothing else is in the tables.
@@ -167,9 +178,10 @@ function P.check_exact(files)
         end
     end
     local c = P.counts()
-    if c.raw ~= n then return string.format("raw_log has %d rows, want %d", c.raw, n) end
+    if c.raw ~= n then return string.format("raw_log has %d rows, want %d%s", c.raw, n, P.waiting()) end
     if c.clean + c.reject ~= n then
-        return string.format("clean_log %d + clean_log_reject %d rows, want %d", c.clean, c.reject, n)
+        return string.format("clean_log %d + clean_log_reject %d rows, want %d%s", c.clean, c.reject,
+            n, P.waiting())
     end
     if c.both ~= 0 then return string.format("%d ids are in both clean_log and clean_log_reject", c.both) end
     local rows = assert(P.db():query("SELECT id, line FROM raw_log"))
