@@ -91,6 +91,7 @@ local cpu_ratio = per_run(function(a, b) return b / a end, "dry.cpu", "goa.cpu")
 local e2e_ratio = per_run(function(a, b) return a / b end, "e2e.rate", "ceil.rate")
 local e2e_lp_ratio = per_run(function(a, b) return a / b end, "e2e.rate", "ceil_lp.rate")
 local batch_rate = values("e2e_batch.rate")
+local batch2_rate = values("e2e_batch2.rate")
 local big_rss = values("big.prod_rss")
 local consumer_rss = {}
 for _, k in ipairs({ "e2e.lake_rss", "e2e.clean_rss", "e2e_batch.lake_rss", "e2e_batch.clean_rss" }) do
@@ -130,6 +131,8 @@ w("| | against the ceiling with lproc's message properties (2, second row: the s
     spread(e2e_lp_ratio, pct))
 w("| 4 | end to end, `--batch %d`, %s lines: lines/s | %s | | | ≥ 50,000 | %s |",
     BATCH, int(N_PIPE), spread(batch_rate, int), verdict(median(batch_rate) >= 50000))
+w("| | the same with two clean consumers on queue-data-clean (README: Scaling out) | %s | | | ≥ 50,000 | %s |",
+    spread(batch2_rate, int), verdict(median(batch2_rate) >= 50000))
 w("| 5 | producer peak RSS, %s MB file (%s lines, `--batch %d`), MB | %s | | | < 16 | %s |",
     int(BIG_BYTES / 1048576), int(BIG_LINES), BATCH, spread(big_rss, mb), verdict(median(big_rss) < 16 * 1024))
 local function opt_fig(key)
@@ -173,6 +176,7 @@ w("| the same, all published first, then drained (once) | %.1f + %.1f | | | | %.
     median(values("backlog.pub_cpu")), median(values("backlog.drain_cpu")), int(N_PIPE), int(N_PIPE))
 cpu_row("end to end, 1 message per line", "e2e")
 cpu_row(string.format("end to end, `--batch %d`", BATCH), "e2e_batch")
+cpu_row(string.format("end to end, `--batch %d`, two clean consumers (clean: both)", BATCH), "e2e_batch2")
 w("")
 local backlog_cpu = median(values("backlog.pub_cpu")) + median(values("backlog.drain_cpu"))
 w("RabbitMQ runs with its own defaults (its schedulers do not busy-wait: +sbwt none). Messages")

@@ -6,7 +6,7 @@
 #   2. broker ceiling: bare C publisher (bench/ceiling.c) and two bare consumers
 #   3. end to end, one message per line: producer start -> every line committed in raw_log and
 #      in clean_log or clean_log_reject
-#   4. the same with the producer's --batch
+#   4. the same with the producer's --batch, with one clean consumer and with two
 #   5. memory: producer peak RSS on a 1 GB file; consumers' peak RSS at the default prefetch
 #   6. instructions per line of the dry-run (callgrind)
 #
@@ -221,15 +221,19 @@ ceiling_run() {   # ceiling_run KEY RUN
 }
 
 # 3./4. End to end: consumers waiting, then the producer; until every line is committed.
-e2e_run() {   # e2e_run KEY RUN [PRODUCER OPTIONS...]
-    local key=$1 r=$2 lt ct wp dp t0 t1 b0 b1 m0 m1 res ok
-    shift 2
+e2e_run() {   # e2e_run KEY RUN CLEAN_CONSUMERS [PRODUCER OPTIONS...]
+    local key=$1 r=$2 ncl=$3 lt wp dp t0 t1 b0 b1 m0 m1 res ok i ccpu=0 crss=0
+    local cts=()
+    shift 3
     reset
     $TIME -v -o "$W/lake.time" "$LPROC" scripts/lake.lua --progress 0 > "$W/lake.log" 2>&1 & lt=$!
-    $TIME -v -o "$W/clean.time" "$LPROC" scripts/clean.lua --progress 0 > "$W/clean.log" 2>&1 & ct=$!
-    children+=("$lt" "$ct")
+    for ((i = 1; i <= ncl; i++)); do
+        $TIME -v -o "$W/clean$i.time" "$LPROC" scripts/clean.lua --progress 0 > "$W/clean$i.log" 2>&1 &
+        cts+=($!)
+    done
+    children+=("$lt" "${cts[@]}")
     wait_ready "$W/lake.log" "$lt"
-    wait_ready "$W/clean.log" "$ct"
+    for ((i = 1; i <= ncl; i++)); do wait_ready "$W/clean$i.log" "${cts[i - 1]}"; done
     rm -f "$W/wait.fifo"; mkfifo "$W/wait.fifo" || fail "mkfifo failed"
     "$LPROC" bench/pipe.lua wait "$N_PIPE" 900 > "$W/wait.fifo" & wp=$!
     children+=("$wp")
@@ -246,9 +250,10 @@ e2e_run() {   # e2e_run KEY RUN [PRODUCER OPTIONS...]
     kill -TERM "$dp"; wait "$dp"
     put "$key.lake_backlog" "$r" "$(awk 'BEGIN { m = 0 } $1 > m { m = $1 } END { print m }' "$W/depth.txt")"
     put "$key.clean_backlog" "$r" "$(awk 'BEGIN { m = 0 } $2 > m { m = $2 } END { print m }' "$W/depth.txt")"
-    [ "$res" = done ] || { tail "$W/lake.log" "$W/clean.log" >&2; fail "not every line arrived: $res $t1"; }
+    [ "$res" = done ] || { tail "$W/lake.log" "$W"/clean*.log >&2; fail "not every line arrived: $res $t1"; }
     wait "$wp"
-    stop_consumer "$lt"; stop_consumer "$ct"
+    stop_consumer "$lt"
+    for i in "${cts[@]}"; do stop_consumer "$i"; done
     res=$("$LPROC" bench/pipe.lua check "$N_PIPE") \
         || fail "lines lost or duplicated (raw clean reject lost both: $res)"
     read -r _ clean reject _ _ <<< "$res"
@@ -259,8 +264,13 @@ e2e_run() {   # e2e_run KEY RUN [PRODUCER OPTIONS...]
     put "$key.prod_cpu" "$r" "$cpu"; put "$key.prod_rss" "$r" "$rss"
     read -r wall cpu rss < <(time_field "$W/lake.time")
     put "$key.lake_cpu" "$r" "$cpu"; put "$key.lake_rss" "$r" "$rss"
-    read -r wall cpu rss < <(time_field "$W/clean.time")
-    put "$key.clean_cpu" "$r" "$cpu"; put "$key.clean_rss" "$r" "$rss"
+    # the clean consumers: CPU summed, the largest RSS
+    for ((i = 1; i <= ncl; i++)); do
+        read -r wall cpu rss < <(time_field "$W/clean$i.time")
+        ccpu=$(calc "$ccpu + $cpu")
+        [ "$rss" -gt "$crss" ] && crss=$rss
+    done
+    put "$key.clean_cpu" "$r" "$ccpu"; put "$key.clean_rss" "$r" "$crss"
     put "$key.beam_cpu" "$r" "$(calc "$b1 - $b0")"; put "$key.mdb_cpu" "$r" "$(calc "$m1 - $m0")"
     say "   $key run $r: $(calc "$t1 - $t0") s, $clean clean + $reject rejects"
 }
@@ -287,8 +297,9 @@ say "2-4. broker ceiling and end to end on $N_PIPE lines (interleaved runs)"
 for ((r = 1; r <= runs; r++)); do
     ceiling_run ceil "$r"
     ceiling_run ceil_lp "$r"
-    e2e_run e2e "$r"
-    e2e_run e2e_batch "$r" --batch "$BATCH"
+    e2e_run e2e "$r" 1
+    e2e_run e2e_batch "$r" 1 --batch "$BATCH"
+    e2e_run e2e_batch2 "$r" 2 --batch "$BATCH"
 done
 backlog_run
 
