@@ -12,7 +12,7 @@ local NAME = "lake"
 local RAW_LOG_SQL = [[
 CREATE TABLE IF NOT EXISTS raw_log (
     seq         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
-    id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    id          ]] .. util.ID_SQL_TYPE .. [[,
     line        LONGBLOB NOT NULL,
     source      VARBINARY(1024) NULL,
     `offset`    BIGINT UNSIGNED NULL,

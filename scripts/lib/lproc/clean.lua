@@ -44,8 +44,8 @@ end
 local function ddl(R)
     local cols, keys = { "    seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT" }, {}
     for _, c in ipairs(R:columns()) do
-        cols[#cols + 1] = string.format("    `%s` %s%s", c.name, c.type,
-            c.name == "id" and " CHARACTER SET ascii COLLATE ascii_bin NOT NULL" or "")
+        local sqltype = c.name == "id" and util.ID_SQL_TYPE or c.type
+        cols[#cols + 1] = string.format("    `%s` %s", c.name, sqltype)
         if c.index then
             keys[#keys + 1] = c.name == "timestamp" and "    KEY clean_log_timestamp (`timestamp`)"
                 or string.format("    KEY clean_log_%s (`%s`, `timestamp`)", c.name, c.name)
@@ -58,7 +58,7 @@ local function ddl(R)
     return "CREATE TABLE IF NOT EXISTS clean_log (\n" .. table.concat(cols, ",\n")
         .. "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", [[
 CREATE TABLE IF NOT EXISTS clean_log_reject (
-    id          CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    id          ]] .. util.ID_SQL_TYPE .. [[,
     reason      VARCHAR(1024) NOT NULL,
     line        LONGBLOB NOT NULL,
     ingested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),

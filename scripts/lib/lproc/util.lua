@@ -11,6 +11,10 @@ local tostring, type = tostring, type
 -- "source NUL offset NUL line" (offset, an integer, in decimal).
 M.lineid = sha256.lineid
 
+-- The SQL type of the id column of every table (raw_log.id = clean_log.id): hex, compared
+-- as bytes.
+M.ID_SQL_TYPE = "CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL"
+
 -- M.safe(s) -> s with control characters, DEL and bytes of invalid UTF-8 shown as \xNN,
 -- so that text from a log line can never drive the terminal.
 function M.safe(s)
