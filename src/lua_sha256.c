@@ -5,6 +5,7 @@
  *   sha256.hex("abc")            --> "ba7816bf..."
  *   sha256.hex("a", "b", 42)     --> the digest of "ab42"
  *   sha256.lineid(src, 42, line) --> the digest of src .. "\0" .. "42" .. "\0" .. line
+ *   sha256.is_hex(s)             --> true when s has the form of these digests
  *
  * The digest is fetched once and one EVP_MD_CTX is reused for every call. Both
  * live in static storage: they are an immutable-per-process cache, created on
@@ -134,9 +135,28 @@ static int l_lineid(lua_State *L)
     return 1;
 }
 
+/* sha256.is_hex(s) -> true when s is 64 lower-case hex digits (the form hex and lineid
+ * give), else false; any value that is not a string is false. A consumer checks every
+ * message id this way, so it is done here rather than with a Lua pattern. */
+static int l_is_hex(lua_State *L)
+{
+    size_t len, i;
+    const char *s;
+    int ok = 0;
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        s = lua_tolstring(L, 1, &len);
+        ok = len == 64;
+        for (i = 0; ok && i < len; i++)
+            ok = (s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f');
+    }
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
 static const luaL_Reg sha256_funcs[] = {
     {"hex", l_hex},
     {"lineid", l_lineid},
+    {"is_hex", l_is_hex},
     {NULL, NULL},
 };
 

@@ -91,6 +91,26 @@ T.test("lineid: the digest of source NUL offset NUL line", function()
          "bad argument #3 to 'lineid' (string expected, got no value)")
 end)
 
+T.test("is_hex: the form of a digest, nothing else", function()
+    local d = sha256.hex("abc")
+    T.eq(sha256.is_hex(d), true)
+    T.eq(sha256.is_hex(sha256.lineid("s", 0, "x")), true)
+    T.eq(sha256.is_hex(string.rep("0", 64)), true)
+    T.eq(sha256.is_hex(d:upper()), false)
+    T.eq(sha256.is_hex(d:sub(1, 63)), false)
+    T.eq(sha256.is_hex(d .. "0"), false)
+    T.eq(sha256.is_hex(d:sub(1, 63) .. "g"), false)
+    T.eq(sha256.is_hex(d:sub(1, 63) .. "\0"), false)
+    T.eq(sha256.is_hex("\0" .. d:sub(2)), false)
+    T.eq(sha256.is_hex(""), false)
+    T.eq(sha256.is_hex(nil), false)
+    T.eq(sha256.is_hex(12), false)
+    T.eq(sha256.is_hex({}), false)
+    for _, c in ipairs({ "/", ":", "`", "g", "F", " " }) do
+        T.eq(sha256.is_hex(d:sub(1, 10) .. c .. d:sub(12)), false, c)
+    end
+end)
+
 local errors = {
     { "no argument", {}, 0, "sha256.hex: bad argument #1 (string expected, got no value)" },
     { "nil", { nil }, 1, "sha256.hex: bad argument #1 (string expected, got nil)" },

@@ -40,7 +40,7 @@ RABBIT_PASSWORD, RABBIT_HOST, RABBIT_PORT, RABBIT_VHOST, MYSQL_USER, MYSQL_PASSW
 MYSQL_DATABASE, HOST, PORT), also read from ./.env.
 ]]
 
-local is_hex64 = function(s) return #s == 64 and not s:find("[^0-9a-f]") end
+local is_hex = sha256.is_hex
 
 -- Database errors that a reconnect cures, as opposed to errors in the data.
 local function db_lost(code)
@@ -187,7 +187,7 @@ function M.run(spec)
         local id = msg.message_id
         if id == nil then
             id = hex(body)
-        elseif not is_hex64(id) then
+        elseif not is_hex(id) then
             id = hex("message-id\0", id)
         end
         if type(offset) ~= "number" then offset = nil end
