@@ -90,7 +90,11 @@ sys.signals("TERM", "INT")
 local conn
 local seq_next = 1            -- sequence number the next publish will get
 local confirmed = 0           -- every seq <= confirmed is confirmed
-local pend_body, pend_props, pend_end = {}, {}, {}
+-- Message s, until confirmed: pend_body[s], pend_end[s] (the stream offset after its last
+-- line) and pend_meta[s]: a batch message's properties, or a single line's offset, with its
+-- source in pend_src[s] and pend_cut[s] = true when it was truncated. A single line's
+-- properties are written into one reused table when it is published (see line_props).
+local pend_body, pend_meta, pend_src, pend_cut, pend_end = {}, {}, {}, {}, {}
 local n_lines, n_bytes, n_msgs, n_truncated, n_republished = 0, 0, 0, 0, 0
 local on_confirm              -- function(stream_end) for the checkpoint, set in follow mode
 local status = "running"
@@ -138,21 +142,40 @@ local function reconnect(err)
     status = "running"
     log("reconnected; publishing %d unconfirmed messages again", seq_next - 1 - confirmed)
     -- Old sequence numbers mean nothing to the new channel: renumber from 1.
-    local bodies, props, ends = {}, {}, {}
+    local bodies, metas, srcs, cuts, ends = {}, {}, {}, {}, {}
     local k = 0
     for s = confirmed + 1, seq_next - 1 do
         k = k + 1
-        bodies[k], props[k], ends[k] = pend_body[s], pend_props[s], pend_end[s]
+        bodies[k], metas[k], srcs[k], cuts[k], ends[k] =
+            pend_body[s], pend_meta[s], pend_src[s], pend_cut[s], pend_end[s]
     end
-    pend_body, pend_props, pend_end = bodies, props, ends
+    pend_body, pend_meta, pend_src, pend_cut, pend_end = bodies, metas, srcs, cuts, ends
     confirmed, seq_next = 0, k + 1
     return publish_pending(1, k)
+end
+
+-- The properties of a single line's message, in a table reused for every line: the
+-- binding reads them during the publish call and keeps nothing.
+local lineid, time = util.lineid, os.time
+local line_headers = {}
+local line_props = { content_type = "text/plain", persistent = true, headers = line_headers }
+
+-- The properties of pending message s.
+local function props_of(s)
+    local meta = pend_meta[s]
+    if type(meta) == "table" then return meta end
+    local source, line = pend_src[s], pend_body[s]
+    line_headers["x-source"], line_headers["x-offset"] = source, meta
+    line_headers["x-truncated"] = pend_cut[s]
+    line_props.message_id = lineid(source, meta, line)
+    line_props.timestamp = time()
+    return line_props
 end
 
 -- Publishes the pending messages first..last again (after a nack or a reconnect).
 function publish_pending(first, last)
     for s = first, last do
-        local got, err = conn:publish(EXCHANGE, KEY, pend_body[s], pend_props[s])
+        local got, err = conn:publish(EXCHANGE, KEY, pend_body[s], props_of(s))
         if not got then return reconnect(err) end
         n_republished = n_republished + 1
     end
@@ -164,7 +187,7 @@ local function advance(upto)
     local last_end
     for s = confirmed + 1, upto do
         last_end = pend_end[s] or last_end
-        pend_body[s], pend_props[s], pend_end[s] = nil, nil, nil
+        pend_body[s], pend_meta[s], pend_src[s], pend_cut[s], pend_end[s] = nil, nil, nil, nil, nil
     end
     confirmed = upto
     if on_confirm and last_end then on_confirm(last_end) end
@@ -185,12 +208,13 @@ local function take_confirms(timeout)
     advance(upto)
 end
 
--- Publishes one message (body, props); stream_end = the stream offset after its last line.
-local function publish(body, props, stream_end)
+-- Publishes one message: body, meta and source as in pend_meta / pend_src, cut = truncated
+-- line; stream_end = the stream offset after its last line.
+local function publish(body, meta, source, cut, stream_end)
     local s = seq_next
     seq_next = s + 1
-    pend_body[s], pend_props[s], pend_end[s] = body, props, stream_end
-    local got, err = conn:publish(EXCHANGE, KEY, body, props)
+    pend_body[s], pend_meta[s], pend_src[s], pend_cut[s], pend_end[s] = body, meta, source, cut, stream_end
+    local got, err = conn:publish(EXCHANGE, KEY, body, props_of(s))
     if not got then return reconnect(err) end
     n_msgs = n_msgs + 1
     if s - confirmed >= WINDOW then
@@ -208,19 +232,18 @@ end
 ---------------------------------------------------------------------------------------------
 -- Lines to messages.
 
-local lineid = util.lineid
 local batch_parts, batch_n, batch_first, batch_source = {}, 0, nil, nil
 
 local function flush_batch()
     if batch_n == 0 then return end
     local body = table.concat(batch_parts, "", 1, batch_n * 4)
     publish(body, {
-        message_id = util.lineid(batch_source, batch_first, body),
+        message_id = lineid(batch_source, batch_first, body),
         content_type = broker.BATCH_TYPE,
-        timestamp = os.time(),
+        timestamp = time(),
         persistent = true,
         headers = { ["x-source"] = batch_source, ["x-offset"] = batch_first, ["x-lines"] = batch_n },
-    }, batch_parts.stream_end)
+    }, nil, nil, batch_parts.stream_end)
     batch_n = 0
 end
 
@@ -228,8 +251,11 @@ end
 local function send_line(source, line, off, truncated, stream_end)
     n_lines = n_lines + 1
     n_bytes = n_bytes + #line
-    if truncated then n_truncated = n_truncated + 1 end
-    if BATCH > 1 then
+    if truncated then
+        n_truncated = n_truncated + 1
+        -- A batch record cannot carry the flag: a cut line goes alone, as in single mode.
+        flush_batch()
+    elseif BATCH > 1 then
         -- Batch body: one record per line, "OFFSET SP LINE LF" (lines never contain LF).
         if batch_n > 0 and batch_source ~= source then flush_batch() end
         if batch_n == 0 then batch_first, batch_source = off, source end
@@ -240,15 +266,7 @@ local function send_line(source, line, off, truncated, stream_end)
         if batch_n >= BATCH then flush_batch() end
         return
     end
-    local headers = { ["x-source"] = source, ["x-offset"] = off }
-    if truncated then headers["x-truncated"] = true end
-    publish(line, {
-        message_id = lineid(source, off, line),
-        content_type = "text/plain",
-        timestamp = os.time(),
-        persistent = true,
-        headers = headers,
-    }, stream_end)
+    publish(line, off, source, truncated or nil, stream_end)
 end
 
 ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ local T = require "testing"
 local P = require "pipeline"
 local sys = require "lproc.sys"
 local amqp = require "lproc.amqp"
+local util = require "lproc.util"
 
 local tmp = P.tmp
 local LOG = tmp .. "/access.log"
@@ -250,6 +251,30 @@ T.test("follow: append, rename rotation, copytruncate, kill -9 of the producer",
     local c = P.counts()
     T.eq(c.clean + c.reject, 3000, "clean + reject")
     T.eq(c.both, 0)
+end)
+
+T.test("--max-line: a longer line is stored cut in raw_log and rejected with its reason", function()
+    local path = tmp .. "/long.log"
+    local sample = P.lines(LOG)
+    local first, second = sample[1][1], sample[2][1]
+    local long = second .. " " .. string.rep("x", 3000)
+    for _, mode in ipairs({ "", "--batch 10 " }) do
+        P.reset()
+        local f = assert(io.open(path, "wb"))
+        f:write(first, "\n", long, "\n", second, "\n")
+        f:close()
+        local out = produce(mode .. "--max-line 1000 " .. path)
+        T.ok(out:find("1 lines cut to --max-line", 1, true), mode .. "summary: " .. out)
+        finish({ consumers() })
+        local id = util.lineid(sys.realpath(path), #first + 1, long:sub(1, 1000))
+        T.eq(P.count("SELECT COUNT(*) FROM raw_log"), 3, mode .. "raw_log rows")
+        T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE id = ? AND line = ? AND `offset` = ?", id,
+            long:sub(1, 1000), #first + 1), 1, mode .. "the cut line in raw_log")
+        local n = P.counts()
+        T.eq({ n.clean + n.reject, n.both }, { 3, 0 }, mode .. "clean + reject")
+        T.eq(P.count("SELECT COUNT(*) FROM clean_log_reject WHERE id = ? AND reason LIKE 'line was cut%'",
+            id), 1, mode .. "the cut line is a reject, with its reason")
+    end
 end)
 
 T.test("a batch message from another client with a record that is not OFFSET SP LINE", function()
