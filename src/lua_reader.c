@@ -9,6 +9,10 @@
  * line is the byte offset of its first byte in the (decompressed) stream. A last line without
  * "\n" is a line at end of file, unless the reader follows a growing file: then it is held back
  * until its "\n" arrives (or `r:read(true)` takes it, e.g. when the file was rotated).
+ *
+ *   for next, offset, line in reader.records(body) do ... end
+ *
+ * walks the records "OFFSET SP LINE LF" of a batch message's body (the producer's --batch).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -336,6 +340,43 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
+/* The iterator of reader.records: (body, pos) -> next, offset, line, or nothing at the end of
+ * body or when the record at pos is not "OFFSET SP LINE" up to LF or the end (OFFSET: 1 to 18
+ * decimal digits). pos and next are 1-based positions: next is where the following record
+ * starts, so the caller knows where a malformed tail begins. */
+static int records_next(lua_State *L)
+{
+    size_t len, i, start, end;
+    const char *s = luaL_checklstring(L, 1, &len), *nl;
+    lua_Integer pos = luaL_checkinteger(L, 2);
+    long long off = 0;
+
+    if (pos < 1 || (size_t)pos > len)
+        return 0;
+    i = start = (size_t)pos - 1;
+    while (i < len && i - start < 18 && s[i] >= '0' && s[i] <= '9')
+        off = off * 10 + (s[i++] - '0');
+    if (i == start || i >= len || s[i] != ' ')
+        return 0;
+    i++;
+    nl = memchr(s + i, '\n', len - i);
+    end = nl != NULL ? (size_t)(nl - s) : len;
+    lua_pushinteger(L, (lua_Integer)(nl != NULL ? end + 1 : end) + 1);
+    lua_pushinteger(L, (lua_Integer)off);
+    lua_pushlstring(L, s + i, end - i);
+    return 3;
+}
+
+/* reader.records(body) -> iterator, body, 1 (for a generic for; see records_next) */
+static int l_records(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_pushcfunction(L, records_next);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, 1);
+    return 3;
+}
+
 static const luaL_Reg methods[] = {
     {"read", l_read},
     {"lines", l_lines},
@@ -349,7 +390,7 @@ static const luaL_Reg methods[] = {
 
 int luaopen_lproc_reader(lua_State *L)
 {
-    static const luaL_Reg funcs[] = {{"open", l_open}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"open", l_open}, {"records", l_records}, {NULL, NULL}};
     lproc_newclass(L, READER_MT, methods, l_close, l_tostring);
     luaL_newlib(L, funcs);
     return 1;

@@ -102,4 +102,44 @@ T.test("errors", function()
     T.ok(tostring(h):find("closed"))
 end)
 
+local function records(body)
+    local out, last = {}, 1
+    for nxt, off, line in reader.records(body) do
+        out[#out + 1] = { off, line }
+        last = nxt
+    end
+    return out, last
+end
+
+T.test("records: batch bodies, OFFSET SP LINE LF", function()
+    local function whole(body, want)   -- every record taken: next is past the end
+        T.eq({ records(body) }, { want, #body + 1 }, body)
+    end
+    whole("0 first\n12 second\n", { { 0, "first" }, { 12, "second" } })
+    whole("0 first\n12 last without LF", { { 0, "first" }, { 12, "last without LF" } })
+    whole("5 \n6  two spaces\n", { { 5, "" }, { 6, " two spaces" } })
+    whole("7 any \0\r\255 bytes\n", { { 7, "any \0\r\255 bytes" } })
+    whole("", {})
+    whole("123456789012345678 max\n", { { 123456789012345678, "max" } })
+end)
+
+T.test("records: stop at the first malformed record, and say where it starts", function()
+    for _, c in ipairs({
+        { "1 a\nx.5 not an offset\n20 after", 5 },
+        { "1 a\n-5 negative\n", 5 },
+        { "1 a\n0x10 hex\n", 5 },
+        { "1 a\n+5 sign\n", 5 },
+        { "1 a\n 5 leading space\n", 5 },
+        { "1 a\n1234567890123456789 too long\n", 5 },
+        { "1 a\n12\n13 no space before LF\n", 5 },
+        { "1 a\n12", 5 },
+        { "1 a\n\n2 empty record\n", 5 },
+    }) do
+        local got, last = records(c[1])
+        T.eq({ got, last }, { { { 1, "a" } }, c[2] }, c[1])
+    end
+    T.eq({ records("no offset at all") }, { {}, 1 })
+    T.err(function() reader.records(nil) end, "bad argument #1 to 'records' (string expected, got nil)")
+end)
+
 T.done()

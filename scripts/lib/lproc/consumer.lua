@@ -9,6 +9,7 @@
 local amqp = require "lproc.amqp"
 local mysql = require "lproc.mysql"
 local sha256 = require "lproc.sha256"
+local reader = require "lproc.reader"
 local sys = require "lproc.sys"
 local config = require "lproc.config"
 local broker = require "lproc.broker"
@@ -16,7 +17,6 @@ local util = require "lproc.util"
 
 local M = {}
 
-local tonumber, mtype = tonumber, math.type
 
 M.OPTIONS = {
     ["--prefetch"] = "number", ["--batch-rows"] = "number", ["--batch-ms"] = "number",
@@ -154,7 +154,7 @@ function M.run(spec)
     end
 
     -- Messages to lines -------------------------------------------------------------------
-    local line_fn, hex, lineid = spec.line, sha256.hex, util.lineid
+    local line_fn, hex, lineid, records = spec.line, sha256.hex, util.lineid, reader.records
     local BATCH_TYPE = broker.BATCH_TYPE
 
     -- Feeds the lines of one message to fn (spec.line's signature); returns the number of lines.
@@ -163,20 +163,14 @@ function M.run(spec)
         local source = h and h["x-source"]
         local offset = h and h["x-offset"]
         local body = msg.body
-        if msg.content_type == BATCH_TYPE and source then
-            local n, pos, len = 0, 1, #body
-            while pos <= len do
-                local sp = body:find(" ", pos, true)
-                local nl = body:find("\n", pos, true) or len + 1
-                if not sp or sp > nl then break end       -- malformed tail: ignored below
-                local off = tonumber(body:sub(pos, sp - 1))
-                if mtype(off) ~= "integer" then break end  -- not an offset: ignored below
-                local line = body:sub(sp + 1, nl - 1)
+        if msg.content_type == BATCH_TYPE and type(source) == "string" then
+            local n, pos = 0, 1
+            for nxt, off, line in records(body) do   -- stops at a malformed record
                 fn(rows, line, lineid(source, off, line), source, off, false)
                 n = n + 1
-                pos = nl + 1
+                pos = nxt
             end
-            if pos <= len then
+            if pos <= #body then
                 -- Not a batch after all: keep the whole body as one line rather than lose it.
                 local rest = body:sub(pos)
                 fn(rows, rest, hex(msg.message_id or "", "\0", pos, "\0", rest), source, nil, false)
