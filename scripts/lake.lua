@@ -43,7 +43,8 @@ consumer.run{
         if source and #source > 1024 then source = source:sub(1, 1024) end
         rows.raw_log:add(id, line, source, offset)
     end,
-    fallback = function(_, _, id, err)
-        error(string.format("raw_log refused line %s: %s", id, err))
+    -- Only source and offset can be refused (id and line always fit): keep the line without them.
+    fallback = function(rows, line, id)
+        rows.raw_log:add(id, line, nil, nil)
     end,
 }

@@ -293,17 +293,22 @@ T.test("a batch message from another client with a record that is not OFFSET SP 
         content_type = "application/vnd.lproc.lines+v1", headers = { ["x-source"] = true },
     }))
     assert(c:publish("logs", "logs", "40 no headers", { content_type = "application/vnd.lproc.lines+v1" }))
+    -- Single lines whose x-offset no column can hold: stored without an offset.
+    for _, off in ipairs({ -5, 1.5, 2 ^ 70 }) do
+        assert(c:publish("logs", "logs", "offset " .. off, { headers = { ["x-source"] = "s", ["x-offset"] = off } }))
+    end
     c:close()
     -- The consumers do not crash on it (it would come back and crash them again): the good
     -- record is a line, and what follows the bad one is kept whole as one more line.
     finish({ lake, clean })
-    T.eq(P.count("SELECT COUNT(*) FROM raw_log"), 4)
+    T.eq(P.count("SELECT COUNT(*) FROM raw_log"), 7)
+    T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line LIKE 'offset %' AND `offset` IS NULL AND source = 's'"), 3)
     T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ? AND `offset` = 10", "first line"), 1)
     T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ?", "x.5 not an offset\n20 after"), 1)
     T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ? AND source IS NULL", "30 source is not a string"), 1)
     T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ? AND source IS NULL", "40 no headers"), 1)
     local n = P.counts()
-    T.eq({ n.clean + n.reject, n.both }, { 4, 0 })
+    T.eq({ n.clean + n.reject, n.both }, { 7, 0 })
 end)
 
 T.done()

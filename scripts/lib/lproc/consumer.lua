@@ -41,6 +41,7 @@ MYSQL_DATABASE, HOST, PORT), also read from ./.env.
 ]]
 
 local is_hex = sha256.is_hex
+local mtype = math.type
 
 -- Database errors that a reconnect cures, as opposed to errors in the data.
 local function db_lost(code)
@@ -184,7 +185,7 @@ function M.run(spec)
         elseif not is_hex(id) then
             id = hex("message-id\0", id)
         end
-        if type(offset) ~= "number" then offset = nil end
+        if mtype(offset) ~= "integer" or offset < 0 then offset = nil end
         if type(source) ~= "string" then source = nil end
         fn(rows, body, id, source, offset, h and h["x-truncated"] == true)
         return 1
