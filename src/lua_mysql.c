@@ -6,6 +6,7 @@
  *   mysql.connect(url [, opts]) -> conn | nil, err, code
  *   mysql.batch(table, columns [, opts]) -> batch
  *   mysql.is_connection_error(code) -> boolean
+ *   mysql.is_transient_error(code) -> boolean   (also locks, deadlocks, a read-only or full server)
  *   conn:execute(sql, ...) -> affected_rows, last_insert_id | nil, err, code
  *   conn:query(sql, ...) -> rows, columns | nil, err, code
  *   conn:query_one(sql, ...) -> row | nil | nil, err, code
@@ -1543,22 +1544,44 @@ static const int connection_errors[] = {
     ER_TOO_MANY_USER_CONNECTIONS, ER_CONNECTION_KILLED, CR_SSL_CONNECTION_ERROR,
 };
 
-/* mysql.is_connection_error(code) -> boolean (nil -> false) */
-static int l_is_connection_error(lua_State *L)
+/* Errors of the server's state, not of the statement's data: the same statement can succeed
+ * later (a lock or deadlock with another session, a read-only or full server). */
+static const int transient_errors[] = {
+    ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_LOCK_TABLE_FULL, ER_OPTION_PREVENTS_STATEMENT,
+    ER_READ_ONLY_MODE, ER_RECORD_FILE_FULL, ER_DISK_FULL,
+};
+
+/* Whether the code at index 1 (nil -> no) is one of the n codes of list. */
+static int push_code_in(lua_State *L, const int *list, size_t n)
 {
     lua_Integer code;
     size_t i;
     int found = 0;
-    if (lua_isnoneornil(L, 1)) {
-        lua_pushboolean(L, 0);
-        return 1;
+    if (!lua_isnoneornil(L, 1)) {
+        code = luaL_checkinteger(L, 1);
+        for (i = 0; i < n; i++)
+            if (list[i] == code)
+                found = 1;
     }
-    code = luaL_checkinteger(L, 1);
-    for (i = 0; i < sizeof connection_errors / sizeof connection_errors[0]; i++)
-        if (connection_errors[i] == code)
-            found = 1;
     lua_pushboolean(L, found);
     return 1;
+}
+
+/* mysql.is_connection_error(code) -> boolean (nil -> false) */
+static int l_is_connection_error(lua_State *L)
+{
+    return push_code_in(L, connection_errors, sizeof connection_errors / sizeof connection_errors[0]);
+}
+
+/* mysql.is_transient_error(code) -> boolean (nil -> false): a connection error, or one of
+ * transient_errors. */
+static int l_is_transient_error(lua_State *L)
+{
+    l_is_connection_error(L);
+    if (lua_toboolean(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    return push_code_in(L, transient_errors, sizeof transient_errors / sizeof transient_errors[0]);
 }
 
 static const luaL_Reg conn_methods[] = {
@@ -1590,6 +1613,7 @@ static const luaL_Reg funcs[] = {
     {"connect", l_connect},
     {"batch", l_batch},
     {"is_connection_error", l_is_connection_error},
+    {"is_transient_error", l_is_transient_error},
     {NULL, NULL},
 };
 

@@ -647,6 +647,18 @@ T.test("is_connection_error", function()
     T.eq(mysql.is_connection_error(nil), false)
 end)
 
+T.test("is_transient_error: connection errors, locks, a read-only or full server", function()
+    for _, code in ipairs { 2006, 2013, 1040, 1205, 1213, 1206, 1290, 1836, 1114, 1021 } do
+        T.eq(mysql.is_transient_error(code), true, "code " .. code)
+    end
+    -- Errors in the data or the statement, and mistakes: waiting would not cure them.
+    for _, code in ipairs { 1045, 1049, 1062, 1064, 1146, 1264, 1366, 1406, 0 } do
+        T.eq(mysql.is_transient_error(code), false, "code " .. code)
+    end
+    T.eq(mysql.is_transient_error(nil), false)
+    T.err(function() mysql.is_transient_error("x") end, "bad argument #1 to 'is_transient_error' (number expected, got string)")
+end)
+
 T.test("closed handle: every method raises naming itself", function()
     local c = connect()
     c:close()

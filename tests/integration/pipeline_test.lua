@@ -140,6 +140,41 @@ T.test("MariaDB stopped and restarted mid-run", function()
     end)
 end)
 
+T.test("a lock held by another session: the consumer waits and retries, then stores every line", function()
+    local function root_sql(sql)
+        T.eq(P.sh(string.format("mariadb --defaults-file='%s' -uroot -e '%s'", T.env("LPROC_MYSQL_ROOT_CNF"), sql)),
+            true, sql)
+    end
+    local path = tmp .. "/locked.log"
+    local sample = P.lines(LOG)
+    local f = assert(io.open(path, "wb"))
+    for i = 1, 100 do f:write(sample[i][1], "\n") end
+    f:close()
+    local src = sys.realpath(path)
+    P.reset()
+    root_sql("SET GLOBAL innodb_lock_wait_timeout = 1")   -- for sessions opened from now on
+    local ok, err = pcall(function()
+        local lake = P.spawn("scripts/lake.lua --progress 0 --idle-exit 3", "lake")
+        T.ok(P.wait_until(function() return P.output(lake):find("consuming", 1, true) end, 30), "lake started")
+        -- Another session inserts the first line's id and keeps its transaction open.
+        local other = assert(require("lproc.mysql").connect(T.env("LPROC_TEST_MYSQL_URL")))
+        assert(other:begin())
+        assert(other:execute("INSERT INTO raw_log (id, line) VALUES (?, ?)", util.lineid(src, 0, sample[1][1]), "held"))
+        produce(path)
+        T.ok(P.wait_until(function() return P.output(lake):find("Lock wait timeout", 1, true) end, 30),
+            "the consumer met the lock: " .. P.output(lake))
+        sys.sleep(2)
+        assert(other:rollback())
+        other:close()
+        finish({ lake })
+        T.eq(P.count("SELECT COUNT(*) FROM raw_log"), 100)
+        T.eq(P.count("SELECT COUNT(*) FROM raw_log WHERE line = ? AND `offset` = 0 AND source = ?", sample[1][1], src), 1)
+        T.ok(not P.output(lake):find("refused", 1, true), "no line was refused: " .. P.output(lake))
+    end)
+    root_sql("SET GLOBAL innodb_lock_wait_timeout = 50")
+    if not ok then error(err, 0) end
+end)
+
 T.test("SIGTERM: consumers flush, commit, ack and exit 0", function()
     P.reset()
     produce(LOG)

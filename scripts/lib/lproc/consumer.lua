@@ -17,7 +17,6 @@ local util = require "lproc.util"
 
 local M = {}
 
-
 M.OPTIONS = {
     ["--prefetch"] = "number", ["--batch-rows"] = "number", ["--batch-ms"] = "number",
     ["--idle-exit"] = "number", ["--quorum"] = "flag", ["--connect-timeout"] = "number",
@@ -43,9 +42,10 @@ MYSQL_DATABASE, HOST, PORT), also read from ./.env.
 local is_hex = sha256.is_hex
 local mtype = math.type
 
--- Database errors that a reconnect cures, as opposed to errors in the data.
+-- Database errors that waiting (and a reconnect) cures, as opposed to errors in the data: a
+-- lost connection, a lock or deadlock with another session, a read-only or full server.
 local function db_lost(code)
-    return code == nil or mysql.is_connection_error(code)
+    return code == nil or mysql.is_transient_error(code)
 end
 
 -- M.run(spec): runs a consumer until a signal or --idle-exit; never returns.
