@@ -5,7 +5,8 @@
 #
 # usage: tests/run.sh [NAME...]      (NAME: a test file's base name, e.g. re_test)
 # environment: LPROC (binary, default ./lproc), LPROC_WRAP (e.g. a valgrind command line),
-#              LPROC_PORT_BASE (ports, default 25600), LPROC_TEST_ONLY (a test-name filter)
+#              LPROC_PORT_BASE (ports, default 25600), LPROC_TEST_ONLY (a test-name filter),
+#              LPROC_TEST_SEED (the seed of the hostile-messages test), LPROC_FAULT_SEED
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LPROC=${LPROC:-./lproc}

@@ -105,4 +105,82 @@ T.test("dry-run output never carries a raw control byte", function()
     T.eq(lines, n)
 end)
 
+-- Messages from other clients, with every shape of properties and headers the consumers may
+-- meet (seeded; the seed is in the test's name). Whatever they hold, the consumers keep
+-- running, every message becomes rows (one line, or the records of a batch body plus its
+-- malformed tail), and each of those lines is in raw_log and in exactly one clean table.
+local SEED = tonumber(os.getenv("LPROC_TEST_SEED") or "") or os.time() % 100000
+T.test("hostile messages from another client, seed " .. SEED .. ": the consumers stay up, every line is stored", function()
+    local amqp = require "lproc.amqp"
+    local reader = require "lproc.reader"
+    local BATCH = "application/vnd.lproc.lines+v1"
+    local rnd = math.random
+    math.randomseed(SEED)
+    local good = by_name["a good line"]
+    local function pick(t) return t[rnd(#t)] end
+    local function junk(n)
+        local b = {}
+        for k = 1, n do b[k] = string.char(rnd(0, 255)) end
+        return table.concat(b)
+    end
+    local sources = { function() return "s" end, function() return string.rep("/x", 1100) end,
+        function() return 12 end, function() return true end, function() return { "a" } end,
+        function() return junk(20) end }
+    local offsets = { 0, 7, -1, 1.5, 2 ^ 70, "12", true, math.maxinteger }
+    P.reset()
+    local c = assert(amqp.connect(T.env("LPROC_TEST_AMQP_URL")))
+    assert(require("lproc.broker").declare(c, "all", {}))
+    local want = 0
+    for i = 1, 300 do
+        local mark = " m" .. i
+        local body = pick({
+            function() return "" .. mark end,
+            function() return good .. mark end,
+            function() return junk(rnd(0, 300)) .. mark end,
+            function() return "\0\0" .. mark .. "\0" end,
+            function() return string.rep("y", 70000) .. mark end,
+            function()   -- a batch body, well formed or not
+                local r = {}
+                for j = 1, rnd(0, 5) do r[#r + 1] = string.format("%d %s r%d", rnd(0, 1e6), good, j) .. mark end
+                if rnd(2) == 1 then r[#r + 1] = pick({ "x.5 bad", "-3 neg", "", "9", "12\r" }) .. mark end
+                return table.concat(r, "\n") .. pick({ "", "\n" })
+            end,
+        })()
+        local headers
+        if rnd(4) > 1 then
+            headers = {}
+            if rnd(3) > 1 then headers["x-source"] = pick(sources)() end
+            if rnd(3) > 1 then headers["x-offset"] = pick(offsets) end
+            if rnd(6) == 1 then headers["x-truncated"] = pick({ true, "yes", 1 }) end
+            if rnd(6) == 1 then headers["x-lines"] = pick({ 3, "three" }) end
+        end
+        local function maybe(v) if v ~= false then return v end end   -- false: no such property
+        local props = {
+            content_type = maybe(pick({ BATCH, BATCH, "text/plain", "application/json", false })),
+            -- (ids differ between messages: one id is one row, by design)
+            message_id = maybe(pick({ false, "id-" .. i, util.lineid("hostile", i, "x"), ("%064d"):format(i),
+                "\0" .. i, ("Z"):rep(250) .. i })),
+            headers = headers,
+        }
+        assert(c:publish("logs", "logs", body, props))
+        -- What the consumers must make of it: the records of a batch body, and what follows
+        -- them as one more line; any other message is one line.
+        if props.content_type == BATCH and headers and type(headers["x-source"]) == "string" then
+            local pos = 1
+            for nxt in reader.records(body) do want, pos = want + 1, nxt end
+            if pos <= #body then want = want + 1 end
+        else
+            want = want + 1
+        end
+    end
+    c:close()
+    local lake = P.spawn("scripts/lake.lua --progress 0 --idle-exit 3", "lake")
+    local clean = P.spawn("scripts/clean.lua --progress 0 --idle-exit 3", "clean")
+    T.eq(P.wait(lake, 120), 0, "lake: " .. P.output(lake))
+    T.eq(P.wait(clean, 120), 0, "clean: " .. P.output(clean))
+    local got = P.counts()
+    T.eq({ got.raw, got.clean + got.reject, got.both }, { want, want, 0 }, "rows" .. P.waiting())
+    T.ok(P.waiting():find("lake 0, clean 0", 1, true), "queues drained" .. P.waiting())
+end)
+
 T.done()
