@@ -299,12 +299,13 @@ local function run_files()
         local r, source = inp.reader, inp.source
         while true do
             local line, off, truncated = r:read(true)
-            if not line then
+            if line == nil then
                 if off then util.die(NAME, "%s", off) end
                 break
             end
-            send_line(source, line, off, truncated, r:tell())
-            if n_lines % 1024 == 0 then
+            -- false: the reader is still dropping the rest of an over-long line
+            if line then send_line(source, line, off, truncated, r:tell()) end
+            if not line or n_lines % 1024 == 0 then
                 progress(false)
                 if check_signal() then
                     flush_batch()
@@ -371,7 +372,12 @@ local function follow()
                 ro:seek(foff)
                 local oseg = { dev = dev, ino = ino, base = base }
                 segments = { oseg, cur }
-                for line, off, truncated in function() return ro:read(true) end do
+                local function next_line()
+                    local l, o, t
+                    repeat l, o, t = ro:read(true) until l ~= false
+                    return l, o, t
+                end
+                for line, off, truncated in next_line do
                     send_line(source, line, base + off, truncated, base + ro:tell())
                 end
                 cur.base = base + ro:tell()
@@ -403,6 +409,8 @@ local function follow()
         local line, off, truncated = r:read()
         if line then
             send_line(source, line, cur.base + off, truncated, cur.base + r:tell())
+        elseif line == false then
+            -- the reader is still dropping the rest of an over-long line: read on
         elseif off then
             util.die(NAME, "%s", off)
         else
@@ -416,8 +424,8 @@ local function follow()
                 local quiet_since = sys.now()
                 while sys.now() - quiet_since < 1 and #signals == 0 do
                     local l2, o2, t2 = r:read()
-                    if l2 then
-                        send_line(source, l2, cur.base + o2, t2, cur.base + r:tell())
+                    if l2 ~= nil then      -- a line, or false: more of an over-long one dropped
+                        if l2 then send_line(source, l2, cur.base + o2, t2, cur.base + r:tell()) end
                         quiet_since = sys.now()
                     else
                         flush_batch()
@@ -425,7 +433,8 @@ local function follow()
                         util.sleep_unless_signal(0.05, signals)
                     end
                 end
-                local l3, o3, t3 = r:read(true)  -- a last line without LF counts
+                local l3, o3, t3
+                repeat l3, o3, t3 = r:read(true) until l3 ~= false  -- a last line without LF counts
                 if l3 then send_line(source, l3, cur.base + o3, t3, cur.base + r:tell()) end
                 flush_batch()
                 local nr = reader.open(path, { max_line = MAX_LINE })

@@ -29,6 +29,7 @@
 #define READER_MT "lproc.reader.file"
 #define BLOCK (1 << 20)
 #define DEFAULT_MAX_LINE (64u << 20)
+#define SKIP_STEP (16u << 20)   /* most bytes of an over-long line one read drops */
 
 typedef struct reader {
     int fd;              /* -1 when closed */
@@ -130,9 +131,17 @@ static int l_open(lua_State *L)
         r->fd = STDIN_FILENO;
         r->is_stdin = 1;
     } else {
+        struct stat st;
+        int e = 0;
         r->fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (r->fd < 0) {
-            int e = errno;
+        if (r->fd < 0)
+            e = errno;
+        else if (fstat(r->fd, &st) == 0 && S_ISDIR(st.st_mode))
+            e = EISDIR;   /* open() takes a directory; say so now rather than at the first read */
+        if (e != 0) {
+            if (r->fd >= 0)
+                close(r->fd);
+            r->fd = -1;
             luaL_pushfail(L);
             lua_pushfstring(L, "reader.open: %s: %s", path, strerror(e));
             lua_pushinteger(L, e);
@@ -172,12 +181,16 @@ static void push_line(lua_State *L, reader *r, size_t s, size_t len, int64_t off
 }
 
 /* r:read([take_partial]) -> line, offset [, true if truncated] | nil (no complete line) | nil, err
+ *                          | false (still dropping the rest of an over-long line: call again)
  * At end of file a last line without "\n" is returned only when take_partial is true (the
- * lines() iterator passes true: a finished file's last line counts). */
+ * lines() iterator passes true: a finished file's last line counts). The rest of an over-long
+ * line is dropped SKIP_STEP bytes per call at most, so that a line that never ends (a device,
+ * a file without a newline) leaves the caller free to look at its signals. */
 static int l_read(lua_State *L)
 {
     reader *r = check_open(L, 1, "read");
     int take_partial = lua_toboolean(L, 2);
+    size_t dropped = 0;
 
     for (;;) {
         char *nl = NULL;
@@ -215,6 +228,11 @@ static int l_read(lua_State *L)
         if (r->skipping && avail > 0) {
             r->offset += (int64_t)avail;
             r->start = r->end;
+            dropped += avail;
+            if (dropped >= SKIP_STEP) {
+                lua_pushboolean(L, 0);
+                return 1;
+            }
         }
         {
             ssize_t n = fill(r);
@@ -248,9 +266,11 @@ static int l_read(lua_State *L)
 static int lines_step(lua_State *L)
 {
     int n;
-    lua_settop(L, 1);
-    lua_pushboolean(L, 1);
-    n = l_read(L);
+    do {
+        lua_settop(L, 1);
+        lua_pushboolean(L, 1);
+        n = l_read(L);
+    } while (n == 1 && lua_isboolean(L, -1) && !lua_toboolean(L, -1));
     if (n == 2 && lua_isnil(L, -2))
         return luaL_error(L, "%s", lua_tostring(L, -1));
     return n;

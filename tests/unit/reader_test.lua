@@ -55,6 +55,20 @@ T.test("over-long lines are truncated to max_line and flagged", function()
     T.eq(r:read(true), nil)
 end)
 
+T.test("the rest of a very long line is dropped a step at a time: read says false meanwhile", function()
+    local long = string.rep("z", 40 * 1024 * 1024)
+    local path = file("abcd" .. long .. "\nnext\n")
+    local r = assert(reader.open(path, { max_line = 4 }))
+    T.eq({ r:read(true) }, { "abcd", 0, true })
+    local falses, got = 0, { r:read(true) }
+    while got[1] == false do falses, got = falses + 1, { r:read(true) } end
+    T.ok(falses >= 1, "read gave false while dropping (" .. falses .. " times)")
+    T.eq(got, { "next", 4 + #long + 1 })
+    T.eq(r:read(true), nil)
+    r:close()
+    T.eq(all(path, { max_line = 4 }), { { "abcd", 0 }, { "next", 4 + #long + 1 } }, "lines() reads through")
+end)
+
 T.test("partial last line is held back unless asked for", function()
     local path = file("one\ntw")
     local r = assert(reader.open(path))
