@@ -7,6 +7,7 @@
  *   mysql.batch(table, columns [, opts]) -> batch
  *   mysql.is_connection_error(code) -> boolean
  *   mysql.is_transient_error(code) -> boolean   (also locks, deadlocks, a read-only or full server)
+ *   mysql.is_setup_error(code) -> boolean       (a missing table or column, a missing grant, ...)
  *   conn:execute(sql, ...) -> affected_rows, last_insert_id | nil, err, code
  *   conn:query(sql, ...) -> rows, columns | nil, err, code
  *   conn:query_one(sql, ...) -> row | nil | nil, err, code
@@ -1573,6 +1574,22 @@ static int l_is_connection_error(lua_State *L)
     return push_code_in(L, connection_errors, sizeof connection_errors / sizeof connection_errors[0]);
 }
 
+/* Errors of the database's setup: a table, column, grant or storage engine is not what the
+ * statement needs. Neither waiting nor another row cures them. */
+static const int setup_errors[] = {
+    ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_COLUMNACCESS_DENIED_ERROR,
+    ER_DBACCESS_DENIED_ERROR, ER_ACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR,
+    ER_BAD_DB_ERROR, ER_OPEN_AS_READONLY, ER_NO_DEFAULT_FOR_FIELD, ER_WRONG_VALUE_COUNT_ON_ROW,
+    ER_PARSE_ERROR, ER_NOT_KEYFILE, ER_CRASHED_ON_USAGE, ER_GET_ERRNO, ER_UNKNOWN_STORAGE_ENGINE,
+    ER_TABLESPACE_MISSING, ER_NO_SUCH_TABLE_IN_ENGINE,
+};
+
+/* mysql.is_setup_error(code) -> boolean (nil -> false) */
+static int l_is_setup_error(lua_State *L)
+{
+    return push_code_in(L, setup_errors, sizeof setup_errors / sizeof setup_errors[0]);
+}
+
 /* mysql.is_transient_error(code) -> boolean (nil -> false): a connection error, or one of
  * transient_errors. */
 static int l_is_transient_error(lua_State *L)
@@ -1614,6 +1631,7 @@ static const luaL_Reg funcs[] = {
     {"batch", l_batch},
     {"is_connection_error", l_is_connection_error},
     {"is_transient_error", l_is_transient_error},
+    {"is_setup_error", l_is_setup_error},
     {NULL, NULL},
 };
 

@@ -659,6 +659,16 @@ T.test("is_transient_error: connection errors, locks, a read-only or full server
     T.err(function() mysql.is_transient_error("x") end, "bad argument #1 to 'is_transient_error' (number expected, got string)")
 end)
 
+T.test("is_setup_error: tables, columns, grants, engines", function()
+    for _, code in ipairs { 1146, 1054, 1142, 1143, 1044, 1045, 1227, 1049, 1036, 1364, 1064 } do
+        T.eq(mysql.is_setup_error(code), true, "code " .. code)
+    end
+    for _, code in ipairs { 2013, 1205, 1213, 1062, 1264, 1366, 1406, 0 } do
+        T.eq(mysql.is_setup_error(code), false, "code " .. code)
+    end
+    T.eq(mysql.is_setup_error(nil), false)
+end)
+
 T.test("closed handle: every method raises naming itself", function()
     local c = connect()
     c:close()

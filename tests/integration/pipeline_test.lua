@@ -175,6 +175,23 @@ T.test("a lock held by another session: the consumer waits and retries, then sto
     if not ok then error(err, 0) end
 end)
 
+T.test("a table altered under the running consumer: one clear line, exit 1, nothing acknowledged", function()
+    P.reset()
+    local clean = P.spawn("scripts/clean.lua --progress 0 --idle-exit 5", "clean")
+    T.ok(P.wait_until(function() return P.output(clean):find("consuming", 1, true) end, 30), "clean started")
+    assert(P.db():execute("ALTER TABLE clean_log DROP COLUMN browser"))
+    produce(LOG)
+    T.eq(P.wait(clean, 60), 1, "clean status")
+    local out = P.output(clean)
+    T.ok(out:find("clean: cannot write to MySQL: mysql.insert: Unknown column 'browser'", 1, true), out)
+    T.eq(P.counts().reject, 0, "no line became a reject")
+    T.ok(P.waiting():find("clean " .. N .. ")", 1, true), "every message still queued" .. P.waiting())
+    -- Once the table is right again, the same messages make the rows.
+    assert(P.db():execute("DROP TABLE clean_log"))
+    finish({ consumers() })
+    exact()
+end)
+
 T.test("SIGTERM: consumers flush, commit, ack and exit 0", function()
     P.reset()
     produce(LOG)
