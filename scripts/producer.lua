@@ -172,11 +172,45 @@ local function props_of(s)
     return line_props
 end
 
+local take_confirms
+
+-- Publishes pending message s on the current connection -> true, or false after a reconnect
+-- (which published s again with the rest). While the broker blocks publishing (an alarm:
+-- low on disk or memory), waits, reading its frames, and says so; a signal then stops the
+-- producer, because nothing unconfirmed can be settled until the broker takes messages again.
+local function send(s)
+    local got, err = conn:publish(EXCHANGE, KEY, pend_body[s], props_of(s))
+    if got == false then
+        local c = conn
+        log("%s; waiting", err)
+        status = "waiting: " .. err
+        while got == false do
+            if check_signal() then
+                util.die(NAME, "stopped while %s; %d messages were not confirmed", err,
+                    seq_next - 1 - confirmed)
+            end
+            local t = sys.now()
+            take_confirms(0.2)
+            if conn ~= c then return false end
+            if sys.now() - t < 0.1 then util.sleep_unless_signal(0.2, signals) end
+            got, err = conn:publish(EXCHANGE, KEY, pend_body[s], props_of(s))
+        end
+        if got then
+            log("the broker takes messages again")
+            status = "running"
+        end
+    end
+    if not got then
+        reconnect(err)
+        return false
+    end
+    return true
+end
+
 -- Publishes the pending messages first..last again (after a nack or a reconnect).
 function publish_pending(first, last)
     for s = first, last do
-        local got, err = conn:publish(EXCHANGE, KEY, pend_body[s], props_of(s))
-        if not got then return reconnect(err) end
+        if not send(s) then return end
         n_republished = n_republished + 1
     end
 end
@@ -194,7 +228,7 @@ local function advance(upto)
 end
 
 -- Takes the confirms that have arrived, waiting up to `timeout` seconds for some.
-local function take_confirms(timeout)
+function take_confirms(timeout)
     local upto, nacked = conn:confirms(timeout)
     if not upto then return reconnect(nacked) end
     if nacked then
@@ -214,8 +248,7 @@ local function publish(body, meta, source, cut, stream_end)
     local s = seq_next
     seq_next = s + 1
     pend_body[s], pend_meta[s], pend_src[s], pend_cut[s], pend_end[s] = body, meta, source, cut, stream_end
-    local got, err = conn:publish(EXCHANGE, KEY, body, props_of(s))
-    if not got then return reconnect(err) end
+    if not send(s) then return end
     n_msgs = n_msgs + 1
     if s - confirmed >= WINDOW then
         repeat take_confirms(1) until seq_next - 1 - confirmed < WINDOW

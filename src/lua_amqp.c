@@ -11,7 +11,7 @@
  *   conn:queue_declare(name [, opts]) -> name, message_count, consumer_count
  *   conn:queue_bind / queue_unbind(queue, exchange, key [, arguments]) -> true
  *   conn:queue_purge(queue) / queue_delete(queue [, opts]) -> message_count
- *   conn:confirm_select() -> true;  conn:publish(exchange, key, body [, props]) -> seqno
+ *   conn:confirm_select() -> true;  conn:publish(exchange, key, body [, props]) -> seqno | false
  *   conn:confirms([timeout=0]) -> upto, nacked
  *   conn:qos(prefetch [, global]) -> true;  conn:consume(queue [, opts]) -> consumer_tag
  *   conn:cancel(tag) -> true;  conn:receive([timeout]) -> msg | false
@@ -107,6 +107,8 @@ typedef struct conn {
     int err_kind;               /* ERR_*: the last failure */
     int err_code;               /* its AMQP reply code, 0 when none */
     int err_deferred;           /* a consumer cancel still to be reported by receive*() */
+    int blocked;                /* the broker blocks publishing (connection.blocked) */
+    char blocked_why[128];      /* its reason, e.g. "low on disk" */
     size_t err_len;
     char err[ERR_SIZE];
     amqp_pool_t pool;           /* scratch memory for outgoing field tables */
@@ -745,14 +747,25 @@ static void on_confirm(conn *c, uint64_t btag, int multiple, int nack)
     }
 }
 
-/* A method frame on channel 0 (connection class): returns EV_ERROR for connection.close. */
+/* A method frame on channel 0 (connection class): returns EV_ERROR for connection.close;
+ * connection.blocked / unblocked set and clear c->blocked. */
 static int on_channel0(conn *c, const amqp_frame_t *f)
 {
-    if (f->frame_type == AMQP_FRAME_METHOD
-        && f->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)
-        return conn_closed_by_broker(c, f->payload.method.decoded);
+    if (f->frame_type == AMQP_FRAME_METHOD) {
+        if (f->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)
+            return conn_closed_by_broker(c, f->payload.method.decoded);
+        if (f->payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD) {
+            const amqp_bytes_t *why = &((const amqp_connection_blocked_t *)f->payload.method.decoded)->reason;
+            size_t n = why->len < sizeof c->blocked_why - 1 ? why->len : sizeof c->blocked_why - 1;
+            memcpy(c->blocked_why, why->bytes, n);
+            c->blocked_why[n] = '\0';
+            c->blocked = 1;
+        } else if (f->payload.method.id == AMQP_CONNECTION_UNBLOCKED_METHOD) {
+            c->blocked = 0;
+        }
+    }
     amqp_maybe_release_buffers_on_channel(c->st, 0);
-    return EV_OTHER; /* connection.blocked / unblocked and the like */
+    return EV_OTHER;
 }
 
 /* The broker closed the channel (m): answers close-ok, settles what the old channel carried
@@ -1432,7 +1445,7 @@ static int l_connect(lua_State *L)
     conn *c;
     amqp_socket_t *sock;
     struct timeval tv;
-    amqp_table_entry_t caps[1], props[2];
+    amqp_table_entry_t caps[2], props[2];
     amqp_table_t props_table;
     amqp_rpc_reply_t r;
     luaL_Buffer b;
@@ -1511,9 +1524,12 @@ static int l_connect(lua_State *L)
     caps[0].key = amqp_cstring_bytes("consumer_cancel_notify");
     caps[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
     caps[0].value.value.boolean = 1;
+    caps[1].key = amqp_cstring_bytes("connection.blocked");
+    caps[1].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    caps[1].value.value.boolean = 1;
     props[0].key = amqp_cstring_bytes("capabilities");
     props[0].value.kind = AMQP_FIELD_KIND_TABLE;
-    props[0].value.value.table.num_entries = 1;
+    props[0].value.value.table.num_entries = 2;
     props[0].value.value.table.entries = caps;
     props_table.num_entries = 1;
     props_table.entries = props;
@@ -1901,8 +1917,23 @@ static void read_props(lua_State *L, conn *c, int idx, amqp_basic_properties_t *
     }
 }
 
-/* conn:publish(exchange, routing_key, body [, props]) -> seqno | nil, err
- * seqno is 1, 2, ... in confirm mode (per connection), 0 otherwise. */
+/* Whether the broker takes more data now: not blocked (connection.blocked), and the socket
+ * has room (a broker that stops reading, e.g. on an alarm, would leave the send waiting). */
+static int can_send(conn *c)
+{
+    struct pollfd pfd;
+    if (c->blocked)
+        return 0;
+    pfd.fd = amqp_get_sockfd(c->st);
+    pfd.events = POLLOUT;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) != 0;   /* an error shows in the send itself */
+}
+
+/* conn:publish(exchange, routing_key, body [, props]) -> seqno | false, why | nil, err
+ * seqno is 1, 2, ... in confirm mode (per connection), 0 otherwise. false: nothing was sent,
+ * the broker blocks publishing for now (why: its reason); confirms() or receive() read the
+ * frame that ends it, then publish again. */
 static int c_publish(lua_State *L)
 {
     conn *c = checkconn(L, "publish");
@@ -1920,6 +1951,15 @@ static int c_publish(lua_State *L)
     }
     if (c->st == NULL)
         return closed_result(L, "publish");
+    if (!can_send(c)) {
+        lua_pushboolean(L, 0);
+        if (c->blocked)
+            lua_pushfstring(L, "the broker blocks publishing (%s)",
+                            c->blocked_why[0] != '\0' ? c->blocked_why : "no reason given");
+        else
+            lua_pushliteral(L, "the broker takes no more data for now");
+        return 2;
+    }
     errno = 0;
     rc = amqp_basic_publish(c->st, CHANNEL, x, k, (amqp_boolean_t)mandatory, 0, &p, body);
     if (rc != AMQP_STATUS_OK) {

@@ -9,6 +9,7 @@
 #   kill     kill -9 (for fault tests)
 #   status   what is running
 #   env      shell lines: the URLs for lproc, and what rabbitmqctl needs to reach the node
+#   ctl ARGS rabbitmqctl ARGS against the private node (e.g. ctl set_disk_free_limit 50MB)
 #
 # Knobs (environment): LPROC_SRV_DIR (default /tmp/lproc-servers-$UID), LPROC_PORT_BASE
 # (default 25600; every port is BASE+n), LPROC_SRV_USER, LPROC_SRV_PASS, LPROC_SRV_DB,
@@ -306,5 +307,6 @@ case "${1:-}:$what" in
     kill:all) rmq_stop KILL; mdb_stop KILL ;;
     status:*) status ;;
     env:*) urls; rmq_env ;;
-    *) echo "usage: $0 start|resume|stop|kill|status|env [all|rabbitmq|mariadb]" >&2; exit 2 ;;
+    ctl:*) shift; eval "$(rmq_env)"; exec rabbitmqctl "$@" ;;
+    *) echo "usage: $0 start|resume|stop|kill|status|env [all|rabbitmq|mariadb] | ctl ARGS..." >&2; exit 2 ;;
 esac

@@ -192,6 +192,40 @@ T.test("a table altered under the running consumer: one clear line, exit 1, noth
     exact()
 end)
 
+T.test("a broker alarm blocks publishing: the producer says so and waits; SIGTERM stops it", function()
+    local function ctl(args)
+        T.eq(P.sh("tests/servers.sh ctl -q " .. args .. " > /dev/null 2>&1"), true, "rabbitmqctl " .. args)
+    end
+    local path = tmp .. "/alarm.log"
+    local sample = P.lines(LOG)
+    local f = assert(io.open(path, "wb"))
+    for i = 1, 3000 do f:write(sample[i][1], "\n") end
+    f:close()
+    local function blocked(p)
+        T.ok(P.wait_until(function() return P.output(p):find("blocks publishing", 1, true) end, 30),
+            "the producer says it is blocked: " .. P.output(p))
+    end
+    P.reset()
+    ctl("set_disk_free_limit 100000GB")   -- a disk alarm: the broker blocks every publisher
+    local ok, err = pcall(function()
+        local p = P.spawn("scripts/producer.lua --progress 0 " .. path, "blocked")
+        blocked(p)
+        P.kill(p, "TERM")
+        T.eq(P.wait(p, 10), 1, "status after SIGTERM: " .. P.output(p))
+        T.ok(P.output(p):find("stopped while the broker blocks publishing (low on disk)", 1, true), P.output(p))
+        p = P.spawn("scripts/producer.lua --progress 0 " .. path, "blocked-then-not")
+        blocked(p)
+        T.eq(P.wait(p, 1), nil, "still waiting")
+        ctl("set_disk_free_limit 50MB")
+        T.eq(P.wait(p, 60), 0, "status once the alarm is over: " .. P.output(p))
+        T.ok(P.output(p):find("the broker takes messages again", 1, true), P.output(p))
+    end)
+    ctl("set_disk_free_limit 50MB")
+    if not ok then error(err, 0) end
+    finish({ consumers() })
+    T.eq(P.check_exact({ { path = path, source = sys.realpath(path) } }), nil, "every line once")
+end)
+
 T.test("SIGTERM: consumers flush, commit, ack and exit 0", function()
     P.reset()
     produce(LOG)
