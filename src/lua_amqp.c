@@ -1917,17 +1917,30 @@ static void read_props(lua_State *L, conn *c, int idx, amqp_basic_properties_t *
     }
 }
 
-/* Whether the broker takes more data now: not blocked (connection.blocked), and the socket
- * has room (a broker that stops reading, e.g. on an alarm, would leave the send waiting). */
+/* Whether the broker takes more data: not blocked (connection.blocked), and the socket has
+ * room within SEND_WAIT_MS (a broker that stops reading, e.g. on an alarm, would otherwise
+ * leave the send waiting for ever). */
+#define SEND_WAIT_MS 1000
 static int can_send(conn *c)
 {
     struct pollfd pfd;
+    double deadline;
+    int r;
     if (c->blocked)
         return 0;
     pfd.fd = amqp_get_sockfd(c->st);
     pfd.events = POLLOUT;
     pfd.revents = 0;
-    return poll(&pfd, 1, 0) != 0;   /* an error shows in the send itself */
+    if (poll(&pfd, 1, 0) != 0)
+        return 1;                /* room (or an error, which shows in the send itself) */
+    deadline = now_mono() + SEND_WAIT_MS / 1000.0;
+    for (;;) {
+        double left = deadline - now_mono();
+        pfd.revents = 0;
+        r = poll(&pfd, 1, left > 0 ? (int)(left * 1000) : 0);
+        if (r >= 0 || errno != EINTR || left <= 0)
+            return r != 0;
+    }
 }
 
 /* conn:publish(exchange, routing_key, body [, props]) -> seqno | false, why | nil, err
