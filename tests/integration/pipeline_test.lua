@@ -36,6 +36,15 @@ P.genlog(LOG, N, 7)
 local SRC = sys.realpath(LOG)
 local function exact(files) T.eq(P.check_exact(files or { { path = LOG, source = SRC } }), nil, "pipeline state") end
 
+-- A file of the first n lines of LOG, under the name given. -> its path, LOG's lines
+local function head(name, n)
+    local path, sample = tmp .. "/" .. name, P.lines(LOG)
+    local f = assert(io.open(path, "wb"))
+    for i = 1, n do f:write(sample[i][1], "\n") end
+    f:close()
+    return path, sample
+end
+
 T.test("10k lines: every line once in raw_log, every id once in clean_log or clean_log_reject", function()
     P.reset()
     local out = produce(LOG)
@@ -145,11 +154,7 @@ T.test("a lock held by another session: the consumer waits and retries, then sto
         T.eq(P.sh(string.format("mariadb --defaults-file='%s' -uroot -e '%s'", T.env("LPROC_MYSQL_ROOT_CNF"), sql)),
             true, sql)
     end
-    local path = tmp .. "/locked.log"
-    local sample = P.lines(LOG)
-    local f = assert(io.open(path, "wb"))
-    for i = 1, 100 do f:write(sample[i][1], "\n") end
-    f:close()
+    local path, sample = head("locked.log", 100)
     local src = sys.realpath(path)
     P.reset()
     root_sql("SET GLOBAL innodb_lock_wait_timeout = 1")   -- for sessions opened from now on
@@ -196,11 +201,7 @@ T.test("a broker alarm blocks publishing: the producer says so and waits; SIGTER
     local function ctl(args)
         T.eq(P.sh("tests/servers.sh ctl -q " .. args .. " > /dev/null 2>&1"), true, "rabbitmqctl " .. args)
     end
-    local path = tmp .. "/alarm.log"
-    local sample = P.lines(LOG)
-    local f = assert(io.open(path, "wb"))
-    for i = 1, 3000 do f:write(sample[i][1], "\n") end
-    f:close()
+    local path = head("alarm.log", 3000)
     local function blocked(p)
         T.ok(P.wait_until(function() return P.output(p):find("blocks publishing", 1, true) end, 30),
             "the producer says it is blocked: " .. P.output(p))
