@@ -364,6 +364,14 @@ end
 -- again at byte 0. The checkpoint file holds: dev ino file_offset base, where base is the
 -- stream offset of the file's first byte; everything before base+file_offset is confirmed.
 
+-- r:read(true), through any false (the reader dropping the rest of an over-long line): for
+-- the places that finish a file rather than wait on it.
+local function read_through(r)
+    local line, off, truncated
+    repeat line, off, truncated = r:read(true) until line ~= false
+    return line, off, truncated
+end
+
 local function follow()
     local inp = inputs[1]
     local path, source = inp.path, inp.source
@@ -405,12 +413,7 @@ local function follow()
                 ro:seek(foff)
                 local oseg = { dev = dev, ino = ino, base = base }
                 segments = { oseg, cur }
-                local function next_line()
-                    local l, o, t
-                    repeat l, o, t = ro:read(true) until l ~= false
-                    return l, o, t
-                end
-                for line, off, truncated in next_line do
+                for line, off, truncated in function() return read_through(ro) end do
                     send_line(source, line, base + off, truncated, base + ro:tell())
                 end
                 cur.base = base + ro:tell()
@@ -466,8 +469,7 @@ local function follow()
                         util.sleep_unless_signal(0.05, signals)
                     end
                 end
-                local l3, o3, t3
-                repeat l3, o3, t3 = r:read(true) until l3 ~= false  -- a last line without LF counts
+                local l3, o3, t3 = read_through(r)  -- a last line without LF counts
                 if l3 then send_line(source, l3, cur.base + o3, t3, cur.base + r:tell()) end
                 flush_batch()
                 local nr = reader.open(path, { max_line = MAX_LINE })

@@ -1552,26 +1552,29 @@ static const int transient_errors[] = {
     ER_READ_ONLY_MODE, ER_RECORD_FILE_FULL, ER_DISK_FULL,
 };
 
-/* Whether the code at index 1 (nil -> no) is one of the n codes of list. */
-static int push_code_in(lua_State *L, const int *list, size_t n)
+/* Whether code is one of the n codes of list. */
+static int code_in(lua_Integer code, const int *list, size_t n)
 {
-    lua_Integer code;
     size_t i;
-    int found = 0;
-    if (!lua_isnoneornil(L, 1)) {
-        code = luaL_checkinteger(L, 1);
-        for (i = 0; i < n; i++)
-            if (list[i] == code)
-                found = 1;
-    }
-    lua_pushboolean(L, found);
-    return 1;
+    for (i = 0; i < n; i++)
+        if (list[i] == code)
+            return 1;
+    return 0;
+}
+
+#define CODE_IN(code, list) code_in(code, list, sizeof list / sizeof list[0])
+
+/* The error code at index 1, or -1 for nil (no code: none of the classes below). */
+static lua_Integer opt_code(lua_State *L)
+{
+    return lua_isnoneornil(L, 1) ? -1 : luaL_checkinteger(L, 1);
 }
 
 /* mysql.is_connection_error(code) -> boolean (nil -> false) */
 static int l_is_connection_error(lua_State *L)
 {
-    return push_code_in(L, connection_errors, sizeof connection_errors / sizeof connection_errors[0]);
+    lua_pushboolean(L, CODE_IN(opt_code(L), connection_errors));
+    return 1;
 }
 
 /* Errors of the database's setup: a table, column, grant or storage engine is not what the
@@ -1587,18 +1590,17 @@ static const int setup_errors[] = {
 /* mysql.is_setup_error(code) -> boolean (nil -> false) */
 static int l_is_setup_error(lua_State *L)
 {
-    return push_code_in(L, setup_errors, sizeof setup_errors / sizeof setup_errors[0]);
+    lua_pushboolean(L, CODE_IN(opt_code(L), setup_errors));
+    return 1;
 }
 
 /* mysql.is_transient_error(code) -> boolean (nil -> false): a connection error, or one of
  * transient_errors. */
 static int l_is_transient_error(lua_State *L)
 {
-    l_is_connection_error(L);
-    if (lua_toboolean(L, -1))
-        return 1;
-    lua_pop(L, 1);
-    return push_code_in(L, transient_errors, sizeof transient_errors / sizeof transient_errors[0]);
+    lua_Integer code = opt_code(L);
+    lua_pushboolean(L, CODE_IN(code, connection_errors) || CODE_IN(code, transient_errors));
+    return 1;
 }
 
 static const luaL_Reg conn_methods[] = {

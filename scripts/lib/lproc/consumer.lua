@@ -162,9 +162,9 @@ function M.run(spec)
     local function feed(msg, fn)
         local h = msg.headers
         local source = h and h["x-source"]
-        local offset = h and h["x-offset"]
+        if type(source) ~= "string" then source = nil end   -- from another client: anything
         local body = msg.body
-        if msg.content_type == BATCH_TYPE and type(source) == "string" then
+        if msg.content_type == BATCH_TYPE and source then
             local n, pos = 0, 1
             for nxt, off, line in records(body) do   -- stops at a malformed record
                 fn(rows, line, lineid(source, off, line), source, off, false)
@@ -185,8 +185,8 @@ function M.run(spec)
         elseif not is_hex(id) then
             id = hex("message-id\0", id)
         end
+        local offset = h and h["x-offset"]
         if mtype(offset) ~= "integer" or offset < 0 then offset = nil end
-        if type(source) ~= "string" then source = nil end
         fn(rows, body, id, source, offset, h and h["x-truncated"] == true)
         return 1
     end
