@@ -162,6 +162,9 @@ T.test("hostile messages from another client, seed " .. SEED .. ": the consumers
                 "\0" .. i, ("Z"):rep(250) .. i })),
             headers = headers,
         }
+        -- An empty batch body has no mark; without a message id, two of them taken as single
+        -- lines are the same line (id = SHA-256 of the body), rightly one row.
+        if not body:find(mark, 1, true) then props.message_id = props.message_id or "id-" .. i end
         assert(c:publish("logs", "logs", body, props))
         -- What the consumers must make of it: the records of a batch body, and what follows
         -- them as one more line; any other message is one line.
