@@ -513,7 +513,8 @@ end
 ---------------------------------------------------------------------------------------------
 
 local err
-conn, err = broker.connect(url, { startup = opts.connect_timeout or 10 })
+conn, err = broker.connect(url, { startup = opts.connect_timeout or 10, pending = signals })
+if not conn and util.stopping(signals) then util.die(NAME, "stopped while waiting for RabbitMQ; nothing was sent") end
 if not conn then util.die(NAME, "cannot connect to RabbitMQ: %s", err) end
 local ok, derr = declare(conn)
 if not ok then util.die(NAME, "%s", derr) end

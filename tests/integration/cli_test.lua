@@ -92,6 +92,31 @@ T.test("an unreachable server at start-up: a bounded wait, then one line", funct
     T.eq(out:find("SeCrEt", 1, true), nil, "no password")
 end)
 
+T.test("SIGTERM while waiting for a server at start-up: one line at once", function()
+    local function stopped(script, amqp_url, mysql_url, want, hup)
+        local p = P.spawn(ROOT .. "/scripts/" .. script .. " --progress 0 --connect-timeout 60 "
+            .. (script == "producer.lua" and LOG or ""), "waiting",
+            "-u LPROC_AMQP_URL -u LPROC_MYSQL_URL LPROC_AMQP_URL=" .. amqp_url .. " LPROC_MYSQL_URL=" .. mysql_url)
+        sys.sleep(1)
+        if hup then
+            P.kill(p, "HUP")   -- a reload request is no reason to stop waiting
+            T.eq(P.wait(p, 1), nil, "still waiting after SIGHUP: " .. P.output(p))
+        end
+        local t0 = sys.now()
+        P.kill(p, "TERM")
+        T.eq(P.wait(p, 10), 1, want .. ": " .. P.output(p))
+        T.ok(sys.now() - t0 < 2, "at once")
+        T.eq(P.output(p), want .. "\n")
+    end
+    local no_amqp = "amqp://u:p@127.0.0.1:" .. CLOSED .. "/v"
+    local no_mysql = "mysql://u:p@127.0.0.1:" .. CLOSED .. "/db"
+    stopped("producer.lua", no_amqp, MYSQL, "producer: stopped while waiting for RabbitMQ; nothing was sent")
+    stopped("lake.lua", AMQP, no_mysql, "lake: stopped while waiting for MySQL")
+    stopped("lake.lua", no_amqp, MYSQL, "lake: stopped while waiting for RabbitMQ")
+    stopped("clean.lua", AMQP, no_mysql, "clean: stopped while waiting for MySQL", true)
+    stopped("clean.lua", no_amqp, MYSQL, "clean: stopped while waiting for RabbitMQ", true)
+end)
+
 T.test("wrong credentials: one line at once, no password", function()
     local bad_amqp = AMQP:gsub("^(amqp://[^:]+:)[^@]+@", "%1Wr0ng-SeCrEt@")
     local t0 = sys.now()

@@ -282,6 +282,28 @@ T.test("SIGHUP reloads the rules; a broken script is refused and the old rules s
     T.eq(P.count("SELECT COUNT(*) FROM clean_log"), 50)
 end)
 
+T.test("SIGHUP while MariaDB is down: the clean consumer keeps waiting, then reloads", function()
+    P.reset()
+    local path = head("hup-outage.log", 500)
+    local clean = P.spawn("scripts/clean.lua --progress 0 --batch-ms 50", "clean-hup-outage")
+    T.ok(P.wait_until(function() return P.output(clean):find("consuming", 1, true) end, 30), "consuming")
+    local ok, err = pcall(function()
+        P.servers("stop", "mariadb")
+        produce(path)
+        T.ok(P.wait_until(function() return P.output(clean):find("reconnecting", 1, true) end, 30),
+            "the write failed: " .. P.output(clean))
+        P.kill(clean, "HUP")
+        T.eq(P.wait(clean, 2), nil, "still waiting after SIGHUP: " .. P.output(clean))
+    end)
+    P.servers("resume", "mariadb")
+    if not ok then P.kill(clean, "KILL"); error(err, 0) end
+    T.ok(P.wait_until(function() return P.output(clean):find("rules reloaded", 1, true) end, 60),
+        "reloaded once the database is back: " .. P.output(clean))
+    P.kill(clean, "TERM")
+    T.eq(P.wait(clean, 30), 0, "clean exits 0: " .. P.output(clean))
+    T.eq(P.count("SELECT COUNT(*) FROM clean_log") + P.count("SELECT COUNT(*) FROM clean_log_reject"), 500)
+end)
+
 -- Follow mode -------------------------------------------------------------------------------
 
 local function append(path, from, to)

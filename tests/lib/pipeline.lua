@@ -43,15 +43,16 @@ function P.reset()
 end
 
 local seq = 0
--- P.spawn(args, name) -> process handle {pid=, log=, rcfile=}. args is the lproc command line
--- after the binary (a string, already shell-quoted where needed).
-function P.spawn(args, name)
+-- P.spawn(args, name [, env]) -> process handle {pid=, log=, rcfile=}. args is the lproc
+-- command line after the binary (a string, already shell-quoted where needed); env, the
+-- arguments of an env(1) run before it (e.g. "-u VAR VAR2=value").
+function P.spawn(args, name, env)
     seq = seq + 1
     local base = string.format("%s/%s-%d-%d", P.tmp, name or "proc", sys.getpid(), seq)
     local p = { log = base .. ".log", rcfile = base .. ".rc", name = name }
     os.remove(p.rcfile)
-    local cmd = string.format("(%s %s %s >> %s 2>&1; echo $? > %s) < /dev/null > /dev/null 2>&1 & echo $!",
-        P.wrap, P.lproc, args, p.log, p.rcfile)
+    local cmd = string.format("(%s %s %s %s >> %s 2>&1; echo $? > %s) < /dev/null > /dev/null 2>&1 & echo $!",
+        env and "env " .. env or "", P.wrap, P.lproc, args, p.log, p.rcfile)
     local f = assert(io.popen(cmd))
     local subshell = tonumber(f:read("l"))
     f:close()

@@ -124,20 +124,24 @@ function M.run(spec)
                 util.die(NAME, "cannot connect to MySQL: %s", err)
             end
             status = string.format("waiting for MySQL: %s", err)
-            if util.sleep_unless_signal(d, signals) and not forever then os.exit(1) end
-            if #signals > 0 and forever then return nil end
+            if util.sleep_unless_signal(d, signals) then
+                if forever then return nil end
+                util.die(NAME, "stopped while waiting for MySQL")
+            end
         end
     end
 
     local function mq_connect(forever)
         while true do
             local c, err = broker.connect(amqp_url, {
-                startup = opts.connect_timeout or 10, forever = forever,
-                pending = forever and signals or nil,
+                startup = opts.connect_timeout or 10, forever = forever, pending = signals,
                 status = function(t) status = t end,
             })
+            if not c and util.stopping(signals) then
+                if forever then return nil end
+                util.die(NAME, "stopped while waiting for RabbitMQ")
+            end
             if not c then
-                if forever and #signals > 0 then return nil end
                 util.die(NAME, "cannot connect to RabbitMQ: %s", err)
             end
             local ok
@@ -241,7 +245,7 @@ function M.run(spec)
             db = nil
             while not db do
                 db = db_connect(true)
-                if not db and #signals > 0 then
+                if not db then   -- stopped by a signal
                     util.die(NAME, "stopped while waiting for MySQL; unwritten messages stay in the queue")
                 end
             end

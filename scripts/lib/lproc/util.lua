@@ -112,15 +112,29 @@ function M.backoff(first, max)
     return b
 end
 
--- M.sleep_unless_signal(seconds): sleeps in small steps, returning early on a pending signal
--- (the signal is kept pending for the caller: returns its name).
+-- M.stopping(pending) -> the first TERM or INT in the list of pending signals, or nil.
+function M.stopping(pending)
+    for _, s in ipairs(pending) do
+        if s == "TERM" or s == "INT" then return s end
+    end
+end
+
+-- M.sleep_unless_signal(seconds, pending): sleeps in small steps, returning early when a TERM
+-- or INT arrives or is pending (returns its name). Every signal that arrives is appended to
+-- pending for the caller; another one (HUP: reload) does not cut the sleep short.
 function M.sleep_unless_signal(seconds, pending)
     local t_end = sys.now() + seconds
-    while sys.now() < t_end do
+    local stop = M.stopping(pending)
+    while not stop and sys.now() < t_end do
         local s = sys.signal()
-        if s then pending[#pending + 1] = s; return s end
-        sys.sleep(math.min(0.1, t_end - sys.now()))
+        if s then
+            pending[#pending + 1] = s
+            if s == "TERM" or s == "INT" then stop = s end
+        else
+            sys.sleep(math.min(0.1, t_end - sys.now()))
+        end
     end
+    return stop
 end
 
 -- M.rate(n, seconds) -> "12.3k/s"-style text.
