@@ -43,8 +43,8 @@ RABBIT_VHOST), also read from ./.env.
 
 local opts, files = util.getopt(arg, {
     ["--follow"] = "flag", ["--checkpoint"] = "string", ["--source"] = "string",
-    ["--batch"] = "number", ["--window"] = "number", ["--quorum"] = "flag",
-    ["--max-line"] = "number", ["--connect-timeout"] = "number", ["--progress"] = "number",
+    ["--batch"] = "count", ["--window"] = "count", ["--quorum"] = "flag",
+    ["--max-line"] = "count", ["--connect-timeout"] = "number", ["--progress"] = "number",
     ["--help"] = "flag",
 }, NAME)
 if opts.help then io.stdout:write(HELP); os.exit(0) end
@@ -53,12 +53,11 @@ if opts.follow and #files ~= 1 then util.die(NAME, "--follow takes exactly one F
 if opts.source and #files > 1 then util.die(NAME, "--source needs exactly one FILE") end
 if opts.follow and files[1] == "-" then util.die(NAME, "--follow needs a file, not standard input") end
 
-local BATCH = math.floor(opts.batch or 1)
-if BATCH < 1 then util.die(NAME, "--batch needs a number >= 1") end
+local BATCH = opts.batch or 1
 -- The window counts lines: in batch mode it is that many lines' worth of messages, so the
 -- memory held for unconfirmed messages does not grow with --batch.
 local WINDOW = math.max(2, math.floor((opts.window or 4096) / BATCH))
-local MAX_LINE = math.floor(opts.max_line or 4 * 1024 * 1024)
+local MAX_LINE = opts.max_line or 4 * 1024 * 1024
 local PROGRESS = opts.progress or 5
 local EXCHANGE, KEY = broker.EXCHANGE, broker.ROUTING_KEY
 

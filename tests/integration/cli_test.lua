@@ -69,6 +69,19 @@ T.test("mistakes: a missing file, an unknown option, no configuration", function
     T.eq({ code, out }, { 1, "producer: cannot read " .. tmp .. ": Is a directory\n" })
     code, out = run(producer .. "--bogus " .. LOG)
     T.eq({ code, out }, { 2, "producer: unknown option --bogus (try --help)\n" })
+    for _, c in ipairs({
+        { producer .. "--batch 0 " .. LOG, "producer: option --batch needs a whole number >= 1, got '0' (try --help)\n" },
+        { producer .. "--window=1.5 " .. LOG, "producer: option --window needs a whole number >= 1, got '1.5' (try --help)\n" },
+        { producer .. "--max-line x " .. LOG, "producer: option --max-line needs a whole number >= 1, got 'x' (try --help)\n" },
+        { lake .. "--prefetch 0", "lake: option --prefetch needs a whole number >= 1, got '0' (try --help)\n" },
+        { lake .. "--batch-rows -5", "lake: option --batch-rows needs a whole number >= 1, got '-5' (try --help)\n" },
+        { lake .. "--batch-ms -1", "lake: option --batch-ms needs a non-negative number, got '-1' (try --help)\n" },
+    }) do
+        code, out = run(c[1], "LPROC_AMQP_URL=" .. AMQP)
+        T.eq({ code, out }, { 2, c[2] })
+    end
+    code, out = run(lake .. "--prefetch 70000", "LPROC_AMQP_URL=" .. AMQP .. " LPROC_MYSQL_URL=" .. MYSQL)
+    T.eq({ code, out }, { 1, "lake: --prefetch is at most 65535, got 70000\n" })
     code, out = run(producer .. LOG)
     T.eq(code, 1)
     T.eq(out, "producer: no broker configured: set LPROC_AMQP_URL (or RABBIT_USER and RABBIT_PASSWORD) in the environment or .env\n")

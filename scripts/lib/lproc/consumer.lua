@@ -18,7 +18,7 @@ local util = require "lproc.util"
 local M = {}
 
 M.OPTIONS = {
-    ["--prefetch"] = "number", ["--batch-rows"] = "number", ["--batch-ms"] = "number",
+    ["--prefetch"] = "count", ["--batch-rows"] = "count", ["--batch-ms"] = "number",
     ["--idle-exit"] = "number", ["--quorum"] = "flag", ["--connect-timeout"] = "number",
     ["--progress"] = "number", ["--help"] = "flag",
 }
@@ -62,8 +62,10 @@ end
 function M.run(spec)
     local NAME, opts = spec.name, spec.opts
     local log = util.logger(NAME)
-    local PREFETCH = math.min(65535, math.max(1, math.floor(opts.prefetch or 1000)))
-    local BATCH_ROWS = math.max(1, math.floor(opts.batch_rows or 1000))
+    local PREFETCH = opts.prefetch or 1000
+    -- The AMQP prefetch count is 16 bits.
+    if PREFETCH > 65535 then util.die(NAME, "--prefetch is at most 65535, got %d", PREFETCH) end
+    local BATCH_ROWS = opts.batch_rows or 1000
     local BATCH_SECS = (opts.batch_ms or 200) / 1000
     local IDLE_EXIT = opts.idle_exit
     local PROGRESS = opts.progress or 5

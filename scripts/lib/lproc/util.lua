@@ -53,7 +53,8 @@ function M.die(name, fmt, ...)
 end
 
 -- M.getopt(args, spec, name) -> opts, positional
--- spec: { ["--follow"] = "flag", ["--batch"] = "number", ["--source"] = "string", ... }.
+-- spec: { ["--follow"] = "flag", ["--batch"] = "count", ["--source"] = "string", ... }:
+-- "number" is any non-negative number, "count" a whole number >= 1.
 -- "--opt=value" and "--opt value" are accepted; "--" ends options. An unknown option or a
 -- missing/invalid value is one clear line on stderr and exit status 2.
 function M.getopt(args, spec, name)
@@ -85,6 +86,10 @@ function M.getopt(args, spec, name)
                 if kind == "number" then
                     local v = tonumber(val)
                     if not v or v < 0 then bad("option %s needs a non-negative number, got '%s'", key, val) end
+                    opts[field] = v
+                elseif kind == "count" then
+                    local v = math.tointeger(tonumber(val))
+                    if not v or v < 1 then bad("option %s needs a whole number >= 1, got '%s'", key, val) end
                     opts[field] = v
                 else
                     opts[field] = val
