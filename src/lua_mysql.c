@@ -48,7 +48,9 @@
  *
  * Batches are independent of connections (a batch survives a reconnect). conn:insert sends
  * multi-row INSERTs of at most max_bytes each (default: the server's max_allowed_packet less
- * 4 KB, at most 16 MB; a single larger row goes alone); run it in a transaction to make it
+ * 4 KB, at most 16 MB; a single larger row goes alone, and a row larger than the server's
+ * max_allowed_packet is not sent: the server would drop the connection, and a retry would
+ * never end; it fails with ER_NET_PACKET_TOO_LARGE instead); run it in a transaction to make it
  * all-or-nothing. affected_rows sums MySQL's counts: 1 per inserted row, and with
  * on_duplicate 0 per existing row left unchanged, 2 per existing row updated.
  *
@@ -1515,6 +1517,15 @@ static int c_insert(lua_State *L)
                 break;
         rows_len = b->ends[j - 1] - start - 1;   /* without the last ',' */
         n = head_len + rows_len + tail_len;
+        if (c->max_packet != 0 && n + 1 > c->max_packet) {   /* + 1: the command byte */
+            luaL_pushfail(L);
+            lua_pushfstring(L, "%s: one row makes an INSERT of %I bytes, more than the server's "
+                               "max_allowed_packet (%I bytes): raise it, or turn local_infile on "
+                               "(%d)", fname, (lua_Integer)n, (lua_Integer)c->max_packet,
+                            ER_NET_PACKET_TOO_LARGE);
+            lua_pushinteger(L, ER_NET_PACKET_TOO_LARGE);
+            return 3;
+        }
         if (reserve((void **)&b->stmt, &b->stmt_cap, n, 1) != 0)
             return luaL_error(L, "%s: not enough memory", fname);
         memcpy(b->stmt, head, head_len);
@@ -1577,14 +1588,15 @@ static int l_is_connection_error(lua_State *L)
     return 1;
 }
 
-/* Errors of the database's setup: a table, column, grant or storage engine is not what the
- * statement needs. Neither waiting nor another row cures them. */
+/* Errors of the database's setup: a table, column, grant, storage engine or setting (a row
+ * larger than max_allowed_packet) is not what the statement needs. Neither waiting nor another
+ * row cures them. */
 static const int setup_errors[] = {
     ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_COLUMNACCESS_DENIED_ERROR,
     ER_DBACCESS_DENIED_ERROR, ER_ACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR,
     ER_BAD_DB_ERROR, ER_OPEN_AS_READONLY, ER_NO_DEFAULT_FOR_FIELD, ER_WRONG_VALUE_COUNT_ON_ROW,
     ER_PARSE_ERROR, ER_NOT_KEYFILE, ER_CRASHED_ON_USAGE, ER_GET_ERRNO, ER_UNKNOWN_STORAGE_ENGINE,
-    ER_TABLESPACE_MISSING, ER_NO_SUCH_TABLE_IN_ENGINE,
+    ER_TABLESPACE_MISSING, ER_NO_SUCH_TABLE_IN_ENGINE, ER_NET_PACKET_TOO_LARGE,
 };
 
 /* mysql.is_setup_error(code) -> boolean (nil -> false) */

@@ -637,6 +637,33 @@ T.test("TLS: required, verify_ca and verify_identity against the test CA", funct
     T.eq(err:find(PASSWORD, 1, true), nil)
 end)
 
+T.test("a row larger than max_allowed_packet: refused before it is sent, the connection stays", function()
+    local was = ok(conn:query_one("SELECT @@GLOBAL.max_allowed_packet AS m")).m
+    root_sql("SET GLOBAL max_allowed_packet = 1048576")
+    local small = connect()       -- a session takes the global value when it starts
+    root_sql("SET GLOBAL max_allowed_packet = " .. was)
+    ok(small:execute("DROP TABLE IF EXISTS packet_t"))
+    ok(small:execute("CREATE TABLE packet_t (id INT PRIMARY KEY, v MEDIUMBLOB)"))
+    local b = mysql.batch("packet_t", { "id", "v" }, { on_duplicate = "ignore" })
+    b:add(1, "fits")
+    b:add(2, string.rep("x", 1100000))
+    T.eq(small:begin(), true)
+    local n, err, code = small:insert(b)
+    T.eq(n, nil)
+    T.eq(code, 1153)
+    T.ok(err:find("^mysql.insert: one row makes an INSERT of 11000%d%d bytes, more than the server's "
+        .. "max_allowed_packet %(1048576 bytes%): raise it, or turn local_infile on %(1153%)$"), err)
+    T.eq(mysql.is_setup_error(code), true)
+    T.eq(mysql.is_transient_error(code), false)
+    T.eq(small:rollback(), true)
+    T.eq(ok(small:query("SELECT COUNT(*) AS n FROM packet_t")), { { n = 0 } })
+    -- just under the limit goes in
+    b:clear()
+    b:add(3, string.rep("y", 1048576 - 200))
+    T.eq(ok(small:insert(b)), 1)
+    small:close()
+end)
+
 T.test("is_connection_error", function()
     for _, code in ipairs { 2002, 2003, 2006, 2013, 2026, 2055, 1053, 1927, 1040 } do
         T.eq(mysql.is_connection_error(code), true, "code " .. code)

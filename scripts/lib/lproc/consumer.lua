@@ -238,8 +238,8 @@ function M.run(spec)
             if ok then return true end
             if mysql.is_setup_error(code) then
                 -- Not the data's fault, and no row would go in: stop before any becomes a reject.
-                util.die(NAME, "cannot write to MySQL: %s (the table or the grants are not what %s "
-                    .. "needs; the batch's messages stay in the queue)", err, NAME)
+                util.die(NAME, "cannot write to MySQL: %s (the tables, grants or settings are not "
+                    .. "what %s needs; the batch's messages stay in the queue)", err, NAME)
             end
             if not db_lost(code) then return nil, err, code end
             log("database write failed (%s); reconnecting", err)
