@@ -143,7 +143,7 @@ w("| | the same once 1/8, 1/4, 1/2 of the file was read, MB | %s / %s / %s | | |
 w("| | producer peak RSS, %s lines, 1 message per line / `--batch %d`, MB | %s / %s | | | < 16 | %s |",
     int(N_PIPE), BATCH, fig("e2e.prod_rss", mb), fig("e2e_batch.prod_rss", mb),
     verdict(median(values("e2e.prod_rss")) < 16 * 1024 and median(values("e2e_batch.prod_rss")) < 16 * 1024))
-w("| | consumers' peak RSS, prefetch 1000, lake / clean, 1 line per message, MB | %s / %s | | | < 64 | %s |",
+w("| | consumers' peak RSS, default prefetch (2000), lake / clean, 1 line per message, MB | %s / %s | | | < 64 | %s |",
     fig("e2e.lake_rss", mb), fig("e2e.clean_rss", mb), verdict(single_consumer_max < 64 * 1024))
 w("| | the same, %d lines per message (`--batch %d`), MB | %s / %s | | | < 64 | %s |",
     BATCH, BATCH, fig("e2e_batch.lake_rss", mb), fig("e2e_batch.clean_rss", mb),

@@ -24,9 +24,9 @@ M.OPTIONS = {
 }
 
 M.OPTIONS_HELP = [[
-  --prefetch N        unacknowledged lines the broker may send ahead (default 1000; with
+  --prefetch N        unacknowledged lines the broker may send ahead (default 2000; with
                       batch messages, PREFETCH / lines-per-message messages)
-  --batch-rows N      rows per transaction (default 1000)
+  --batch-rows N      rows per transaction (default 500)
   --batch-ms MS       longest wait before a partial batch is written (default 200)
   --idle-exit S       exit 0 once the queue has been idle S seconds and all is committed
   --quorum            declare the queue as a quorum queue
@@ -62,10 +62,12 @@ end
 function M.run(spec)
     local NAME, opts = spec.name, spec.opts
     local log = util.logger(NAME)
-    local PREFETCH = opts.prefetch or 1000
+    -- Four batches' worth of prefetch: the broker goes on delivering while a batch commits,
+    -- so messages do not wait in the queue (which costs the broker more).
+    local PREFETCH = opts.prefetch or 2000
     -- The AMQP prefetch count is 16 bits.
     if PREFETCH > 65535 then util.die(NAME, "--prefetch is at most 65535, got %d", PREFETCH) end
-    local BATCH_ROWS = opts.batch_rows or 1000
+    local BATCH_ROWS = opts.batch_rows or 500
     local BATCH_SECS = (opts.batch_ms or 200) / 1000
     local IDLE_EXIT = opts.idle_exit
     local PROGRESS = opts.progress or 5
