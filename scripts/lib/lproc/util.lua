@@ -117,10 +117,12 @@ function M.backoff(first, max)
     return b
 end
 
+local function is_stop(sig) return sig == "TERM" or sig == "INT" end
+
 -- M.stopping(pending) -> the first TERM or INT in the list of pending signals, or nil.
 function M.stopping(pending)
     for _, s in ipairs(pending) do
-        if s == "TERM" or s == "INT" then return s end
+        if is_stop(s) then return s end
     end
 end
 
@@ -134,7 +136,7 @@ function M.sleep_unless_signal(seconds, pending)
         local s = sys.signal()
         if s then
             pending[#pending + 1] = s
-            if s == "TERM" or s == "INT" then stop = s end
+            if is_stop(s) then stop = s end
         else
             sys.sleep(math.min(0.1, t_end - sys.now()))
         end
