@@ -146,6 +146,17 @@ function P.wait_until(fn, timeout)
     return false
 end
 
+-- P.consuming(p, ...) -> true once every consumer given has said it is consuming (30 s at most).
+function P.consuming(...)
+    local procs = { ... }
+    return P.wait_until(function()
+        for _, p in ipairs(procs) do
+            if not P.output(p):find("consuming", 1, true) then return false end
+        end
+        return true
+    end, 30)
+end
+
 -- P.lines(path) -> array of {line, offset} as the producer reads them.
 function P.lines(path)
     local r = assert(reader.open(path))
